@@ -1,0 +1,67 @@
+# cmsrec: build, test and demo on Debian 12.
+#   make demo    install missing packages, build, run the example against the mock CMS
+#   make check   install missing packages, build, run every test (ends with "N passed, N failed")
+#   make asan    the busted specs against an AddressSanitizer build (part of check)
+
+LUA        ?= lua5.4
+LUA_PC     ?= lua5.4
+CC         ?= cc
+PKGS        = $(LUA_PC) libcurl openssl
+CFLAGS     ?= -O2 -g
+WARN        = -Wall -Wextra -Werror
+DEPCFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPLIBS     = $(shell pkg-config --libs libcurl openssl 2>/dev/null)
+CORE_SRC    = src/cms_buf.c src/cms_error.c src/cms_sign.c src/cms_request.c \
+              src/cms_classify.c src/cms_transfer.c
+CORE_HDR    = $(wildcard src/*.h)
+MODULE_SRC  = lua_cmsrec.c $(CORE_SRC)
+ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+# Debian packages the build, the tests and the demo need.
+DEB_PACKAGES = make gcc pkg-config lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev \
+               libssl-dev libzip-dev luarocks lua-busted python3 openssl ca-certificates
+
+.PHONY: all deps build demo check test asan unit clean
+
+all: build
+
+# Install only what is missing; apt-get update once, only when needed.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: build/cmsrec.so
+
+build/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -shared $(DEPCFLAGS) -o $@ $(MODULE_SRC) $(DEPLIBS)
+
+build/asan/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
+	@mkdir -p build/asan
+	$(CC) $(ASAN_FLAGS) $(WARN) -std=gnu99 -fPIC -shared $(DEPCFLAGS) -o $@ $(MODULE_SRC) $(DEPLIBS)
+
+build/unit_core: test/unit_core.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p build
+	$(CC) $(ASAN_FLAGS) $(WARN) -std=gnu99 $(DEPCFLAGS) -o $@ test/unit_core.c $(CORE_SRC) $(DEPLIBS)
+
+# Sub-makes: pkg-config flags must be read after deps installed the packages.
+demo: deps
+	@$(MAKE) --no-print-directory build
+	@sh examples/demo.sh
+
+check: deps
+	@$(MAKE) --no-print-directory build build/asan/cmsrec.so build/unit_core
+	@sh test/run-tests.sh
+
+asan: deps
+	@$(MAKE) --no-print-directory build/asan/cmsrec.so
+	@SUITES=asan sh test/run-tests.sh
+
+clean:
+	rm -rf build

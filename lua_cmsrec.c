@@ -1,0 +1,1000 @@
+/*
+ * lua_cmsrec.c: the Lua binding of cmsrec.
+ *
+ * This file only translates between Lua and the C core in src/: config and
+ * request tables in, core structs out; core errors in, Lua error tables out.
+ * Conventions (after LuaSocket and Lua-cURLv3):
+ *   - misuse (wrong option, wrong argument type, closed client) raises a Lua
+ *     error string naming the option;
+ *   - everything that can go wrong with a request (bad field, network, server
+ *     answer) returns nil, err where err is a table of metatable cmsrec.error;
+ *   - lua-cjson (loaded with require) is upvalue 1 of every function; there
+ *     is no other module state, and libcurl's global init runs once, guarded.
+ * Memory that C owns during a download lives in a scratch userdata whose
+ * __gc frees it, so a Lua error raised midway (out of memory) leaks nothing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+
+#include "src/compat.h"
+#include "src/cms_classify.h"
+#include "src/cms_error.h"
+#include "src/cms_request.h"
+#include "src/cms_sign.h"
+#include "src/cms_transfer.h"
+
+#define CMSREC_VERSION "0.1.0"
+#define CMSREC_DEFAULT_PATH "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
+#define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
+#define CLIENT_MT "cmsrec.client"
+#define ERROR_MT "cmsrec.error"
+#define SCRATCH_MT "cmsrec.scratch"
+#define CJSON_UPVALUE lua_upvalueindex(1)
+
+/* ===== CLIENT ===== */
+
+enum { SIGN_CONTENT_LENGTH = 1, SIGN_CONTENT_TYPE = 2, SIGN_HOST = 4 };
+
+typedef struct client {
+    CURL *curl;
+    char *url;          /* scheme://authority/path, what is requested */
+    char *path;         /* the path exactly as sent and signed */
+    char *host;         /* the Host header, the authority as written */
+    char *ak;
+    unsigned char *sk;  /* wiped with OPENSSL_cleanse on close */
+    size_t sk_len;
+    cms_transfer_config tc; /* its strings are owned here */
+    int signed_headers; /* SIGN_* flags */
+    int has_authorization;
+    int closed;
+} client;
+
+static void free_str(char **p)
+{
+    free(*p);
+    *p = NULL;
+}
+
+static void client_release(client *c)
+{
+    if (c->curl)
+        curl_easy_cleanup(c->curl);
+    c->curl = NULL;
+    if (c->sk) {
+        OPENSSL_cleanse(c->sk, c->sk_len);
+        free(c->sk);
+        c->sk = NULL;
+        c->sk_len = 0;
+    }
+    free_str(&c->url);
+    free_str(&c->path);
+    free_str(&c->host);
+    free_str(&c->ak);
+    free_str((char **)&c->tc.cafile);
+    free_str((char **)&c->tc.capath);
+    free_str((char **)&c->tc.proxy);
+    free_str((char **)&c->tc.user_agent);
+    c->closed = 1;
+}
+
+static client *check_client(lua_State *L, int idx)
+{
+    client *c = luaL_checkudata(L, idx, CLIENT_MT);
+    if (c->closed)
+        luaL_error(L, "attempt to use a closed cmsrec client");
+    return c;
+}
+
+/* ===== ERRORS ===== */
+
+static void set_str_field(lua_State *L, const char *k, const char *v)
+{
+    if (v && *v) {
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, k);
+    }
+}
+
+static void set_int_field(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* The one way a request failure reaches Lua: returns nil, err. */
+static int push_error(lua_State *L, const cms_error *e)
+{
+    lua_pushnil(L);
+    lua_createtable(L, 0, 8);
+    set_str_field(L, "kind", cms_error_kind_name(e->kind));
+    set_str_field(L, "message", e->message);
+    set_str_field(L, "field", e->field);
+    set_str_field(L, "result_code", e->result_code);
+    set_str_field(L, "result_desc", e->result_desc);
+    if (e->status > 0)
+        set_int_field(L, "status", e->status);
+    if (e->curl_code)
+        set_int_field(L, "curl_code", e->curl_code);
+    if (e->retry_after >= 0)
+        set_int_field(L, "retry_after", e->retry_after);
+    lua_pushboolean(L, e->retryable);
+    lua_setfield(L, -2, "retryable");
+    luaL_getmetatable(L, ERROR_MT);
+    lua_setmetatable(L, -2);
+    return 2;
+}
+
+static int error_tostring(lua_State *L)
+{
+    const char *kind, *msg;
+    int retryable;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "kind");
+    lua_getfield(L, 1, "message");
+    lua_getfield(L, 1, "retryable");
+    kind = lua_tostring(L, -3);
+    msg = lua_tostring(L, -2);
+    retryable = lua_toboolean(L, -1);
+    lua_pushfstring(L, "cmsrec: %s (%s error%s)", msg ? msg : "unknown failure",
+                    kind ? kind : "unknown", retryable ? ", retryable" : "");
+    return 1;
+}
+
+/* ===== OPTION HELPERS ===== */
+
+static const char *const config_keys[] = {
+    "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
+    "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
+    "authorization", "allow_http",
+};
+#define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
+
+static const char *const sign_keys[] = {
+    "ak", "sk", "method", "path", "query", "headers", "body", "timestamp",
+};
+#define NSIGN_KEYS (sizeof sign_keys / sizeof sign_keys[0])
+
+/* Raise for any key of table `idx` not in `keys`, with a near-miss hint. */
+static void check_keys(lua_State *L, int idx, const char *what,
+                       const char *const *keys, size_t nkeys)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k, *hint;
+        size_t i;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "%s: option names must be strings, got a %s key", what,
+                       luaL_typename(L, -1));
+        k = lua_tostring(L, -1);
+        for (i = 0; i < nkeys; i++)
+            if (strcmp(k, keys[i]) == 0)
+                break;
+        if (i < nkeys)
+            continue;
+        hint = cms_suggest(k, keys, nkeys);
+        if (hint)
+            luaL_error(L, "%s: unknown option '%s' (did you mean '%s'?)", what, k, hint);
+        luaL_error(L, "%s: unknown option '%s'", what, k);
+    }
+}
+
+/* Optional string option: NULL when absent; raises on a wrong type. */
+static const char *opt_string(lua_State *L, int idx, const char *what,
+                              const char *key, size_t *len)
+{
+    const char *s;
+    lua_getfield(L, idx, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "%s: option '%s' must be a string, got %s", what, key,
+                   luaL_typename(L, -1));
+    s = lua_tolstring(L, -1, len);
+    lua_pop(L, 1); /* still referenced by the table */
+    return s;
+}
+
+static int opt_boolean(lua_State *L, int idx, const char *what, const char *key)
+{
+    int v;
+    lua_getfield(L, idx, key);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
+        luaL_error(L, "%s: option '%s' must be a boolean, got %s", what, key,
+                   luaL_typename(L, -1));
+    v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Seconds as a positive number, returned in milliseconds (0 when absent). */
+static long opt_seconds(lua_State *L, int idx, const char *what, const char *key)
+{
+    lua_Number n;
+    lua_getfield(L, idx, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    n = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+    if (!(n > 0 && n <= 86400.0 * 30))
+        luaL_error(L, "%s: option '%s' must be a positive number of seconds "
+                      "(at most 30 days)", what, key);
+    lua_pop(L, 1);
+    return n * 1000 < 1 ? 1 : (long)(n * 1000);
+}
+
+static char *dup_or_raise(lua_State *L, const char *s, size_t n)
+{
+    char *p;
+    if (!s)
+        return NULL;
+    p = malloc(n + 1);
+    if (!p)
+        luaL_error(L, "cmsrec: out of memory");
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+static char *dup_opt(lua_State *L, int idx, const char *key)
+{
+    size_t n = 0;
+    const char *s = opt_string(L, idx, "cmsrec.new", key, &n);
+    if (s && strlen(s) != n)
+        luaL_error(L, "cmsrec.new: option '%s' must not contain NUL bytes", key);
+    return dup_or_raise(L, s, n);
+}
+
+/* ===== CONFIG ===== */
+
+static int has_bad_path_char(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || *s == 0x7F || *s == '?' || *s == '#')
+            return 1;
+    return 0;
+}
+
+/* base_url + path -> c->url, c->path, c->host (parsed by libcurl's URL API). */
+static void config_url(lua_State *L, int idx, client *c)
+{
+    const char *base = opt_string(L, idx, "cmsrec.new", "base_url", NULL);
+    const char *path = opt_string(L, idx, "cmsrec.new", "path", NULL);
+    char *scheme = NULL, *host = NULL, *port = NULL, *bpath = NULL, *query = NULL;
+    char *user = NULL, *frag = NULL;
+    CURLU *u;
+    CURLUcode uc;
+    luaL_Buffer b;
+    size_t blen;
+    const char *problem = NULL;
+
+    if (!base)
+        luaL_error(L, "cmsrec.new: option 'base_url' is required "
+                      "(for example \"https://10.0.0.1:28080\")");
+    if (!path)
+        path = CMSREC_DEFAULT_PATH;
+    if (path[0] != '/' || has_bad_path_char(path))
+        luaL_error(L, "cmsrec.new: option 'path' must start with '/' and contain no "
+                      "spaces, control characters, '?' or '#'");
+    u = curl_url();
+    if (!u)
+        luaL_error(L, "cmsrec: out of memory");
+    uc = curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS);
+    if (uc != CURLUE_OK) {
+        curl_url_cleanup(u);
+        luaL_error(L, "cmsrec.new: option 'base_url' is not a valid URL: %s",
+                   curl_url_strerror(uc));
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    curl_url_get(u, CURLUPART_HOST, &host, 0);
+    curl_url_get(u, CURLUPART_PORT, &port, 0); /* NULL when not written */
+    curl_url_get(u, CURLUPART_PATH, &bpath, 0);
+    curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
+    curl_url_get(u, CURLUPART_USER, &user, 0);
+    curl_url_cleanup(u);
+
+    if (!scheme || !host || !*host)
+        problem = "must have a scheme and a host";
+    else if (strcmp(scheme, "https") != 0 &&
+             !(strcmp(scheme, "http") == 0 && c->tc.allow_http))
+        problem = strcmp(scheme, "http") == 0
+                      ? "uses http://, which sends the signature in clear text; "
+                        "use https:// or set allow_http = true"
+                      : "must start with https://";
+    else if (query || frag || user)
+        problem = "must not contain credentials, a query or a fragment";
+
+    if (!problem) {
+        blen = bpath ? strlen(bpath) : 0;
+        while (blen && bpath[blen - 1] == '/')
+            blen--;
+        luaL_buffinit(L, &b);
+        luaL_addlstring(&b, bpath ? bpath : "", blen);
+        luaL_addstring(&b, path);
+        luaL_pushresult(&b); /* the full path */
+        lua_pushfstring(L, "%s%s%s", host, port ? ":" : "", port ? port : "");
+        lua_pushfstring(L, "%s://%s%s", scheme, lua_tostring(L, -1), lua_tostring(L, -2));
+    }
+    curl_free(scheme); curl_free(host); curl_free(port); curl_free(bpath);
+    curl_free(query); curl_free(frag); curl_free(user);
+    if (problem)
+        luaL_error(L, "cmsrec.new: option 'base_url' %s", problem);
+    c->url = dup_or_raise(L, lua_tostring(L, -1), lua_rawlen(L, -1));
+    c->host = dup_or_raise(L, lua_tostring(L, -2), lua_rawlen(L, -2));
+    c->path = dup_or_raise(L, lua_tostring(L, -3), lua_rawlen(L, -3));
+    lua_pop(L, 3);
+}
+
+static void config_signed_headers(lua_State *L, int idx, client *c)
+{
+    static const char *const names[] = {"content-length", "content-type", "host"};
+    size_t i, n;
+
+    c->signed_headers = SIGN_CONTENT_LENGTH | SIGN_CONTENT_TYPE | SIGN_HOST;
+    lua_getfield(L, idx, "signed_headers");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1) || (n = lua_rawlen(L, -1)) == 0)
+        luaL_error(L, "cmsrec.new: option 'signed_headers' must be a non-empty list "
+                      "such as {\"content-length\", \"content-type\", \"host\"}");
+    c->signed_headers = 0;
+    for (i = 1; i <= n; i++) {
+        const char *h, *hint;
+        int bit = 0, j;
+        lua_rawgeti(L, -1, (int)i);
+        h = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        for (j = 0; j < 3; j++)
+            if (strcmp(h, names[j]) == 0)
+                bit = 1 << j;
+        if (!bit) {
+            hint = cms_suggest(h, names, 3);
+            luaL_error(L, "cmsrec.new: option 'signed_headers' entry %d ('%s') must be "
+                          "one of content-length, content-type, host%s%s%s",
+                       (int)i, h, hint ? " (did you mean '" : "", hint ? hint : "",
+                       hint ? "'?)" : "");
+        }
+        if (c->signed_headers & bit)
+            luaL_error(L, "cmsrec.new: option 'signed_headers' lists '%s' twice", h);
+        c->signed_headers |= bit;
+        lua_pop(L, 1);
+    }
+    if (!(c->signed_headers & SIGN_HOST))
+        luaL_error(L, "cmsrec.new: option 'signed_headers' must include 'host'");
+    lua_pop(L, 1);
+}
+
+/* ak/sk from the config, else from CMSREC_AK / CMSREC_SK. */
+static void config_credentials(lua_State *L, int idx, client *c)
+{
+    size_t ak_len = 0, sk_len = 0;
+    const char *ak = opt_string(L, idx, "cmsrec.new", "ak", &ak_len);
+    const char *sk = opt_string(L, idx, "cmsrec.new", "sk", &sk_len);
+
+    if (!ak && (ak = getenv("CMSREC_AK")) != NULL)
+        ak_len = strlen(ak);
+    if (!sk && (sk = getenv("CMSREC_SK")) != NULL)
+        sk_len = strlen(sk);
+    if (c->has_authorization)
+        return; /* the user signs: AK/SK are not needed */
+    if (!ak || !ak_len)
+        luaL_error(L, "cmsrec.new: option 'ak' is required (or set CMSREC_AK)");
+    if (!sk || !sk_len)
+        luaL_error(L, "cmsrec.new: option 'sk' is required (or set CMSREC_SK)");
+    if (strlen(ak) != ak_len || strchr(ak, '/'))
+        luaL_error(L, "cmsrec.new: option 'ak' must not contain '/' or NUL bytes");
+    c->ak = dup_or_raise(L, ak, ak_len);
+    c->sk = (unsigned char *)dup_or_raise(L, sk, sk_len);
+    c->sk_len = sk_len;
+}
+
+static int l_new(lua_State *L)
+{
+    client *c;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) == 1, 2, "found too many arguments");
+    check_keys(L, 1, "cmsrec.new", config_keys, NCONFIG_KEYS);
+
+    /* The userdata exists (with its __gc) before anything is allocated. */
+    c = lua_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->closed = 1;
+    luaL_getmetatable(L, CLIENT_MT);
+    lua_setmetatable(L, -2);
+
+    lua_createtable(L, 0, 1); /* uservalue: holds the authorization function */
+    lua_getfield(L, 1, "authorization");
+    if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
+        luaL_error(L, "cmsrec.new: option 'authorization' must be a function "
+                      "(method, path, headers, body) -> string");
+    c->has_authorization = lua_isfunction(L, -1);
+    lua_setfield(L, -2, "authorization");
+    lua_setuservalue(L, -2);
+
+    c->tc.allow_http = opt_boolean(L, 1, "cmsrec.new", "allow_http");
+    c->tc.insecure = opt_boolean(L, 1, "cmsrec.new", "insecure");
+    c->tc.timeout_ms = opt_seconds(L, 1, "cmsrec.new", "timeout");
+    c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
+    if (!c->tc.connect_timeout_ms)
+        c->tc.connect_timeout_ms = 10000;
+    config_url(L, 1, c);
+    config_signed_headers(L, 1, c);
+    config_credentials(L, 1, c);
+    c->tc.cafile = dup_opt(L, 1, "cafile");
+    c->tc.capath = dup_opt(L, 1, "capath");
+    c->tc.proxy = dup_opt(L, 1, "proxy");
+    c->tc.user_agent = dup_opt(L, 1, "user_agent");
+    if (!c->tc.user_agent)
+        c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
+                                        strlen("cmsrec/" CMSREC_VERSION));
+
+    if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()))
+        luaL_error(L, "cmsrec.new: libcurl could not be initialised");
+    c->closed = 0;
+    if (c->tc.insecure) /* loud on purpose: this must never go unnoticed */
+        fprintf(stderr, "cmsrec: WARNING: TLS certificate verification is disabled "
+                        "(insecure = true) for %s\n", c->url);
+    return 1;
+}
+
+static int l_close(lua_State *L)
+{
+    client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (!c->closed) {
+        client_release(c);
+        lua_newtable(L); /* drop the authorization function */
+        lua_setuservalue(L, 1);
+    }
+    return 0;
+}
+
+static int l_gc(lua_State *L)
+{
+    client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    client_release(c); /* safe to run twice */
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (c->closed)
+        lua_pushfstring(L, "cmsrec.client (closed): %p", (void *)c);
+    else
+        lua_pushfstring(L, "cmsrec.client (%s, ak %s): %p", c->url,
+                        c->ak ? c->ak : "none", (void *)c);
+    return 1;
+}
+
+/* ===== DOWNLOAD ===== */
+
+/* C memory of one download, freed by __gc even if a Lua error unwinds. */
+typedef struct scratch {
+    cms_buf body;
+    cms_signature sig;
+    cms_response resp;
+    struct curl_slist *headers;
+} scratch;
+
+static int scratch_gc(lua_State *L)
+{
+    scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
+    cms_buf_free(&s->body);
+    cms_signature_free(&s->sig);
+    cms_response_free(&s->resp);
+    curl_slist_free_all(s->headers);
+    s->headers = NULL;
+    return 0;
+}
+
+static scratch *new_scratch(lua_State *L)
+{
+    scratch *s = lua_newuserdata(L, sizeof *s);
+    cms_buf_init(&s->body);
+    cms_signature_init(&s->sig);
+    cms_response_init(&s->resp);
+    s->headers = NULL;
+    luaL_getmetatable(L, SCRATCH_MT);
+    lua_setmetatable(L, -2);
+    return s;
+}
+
+/* Escaper for cms_request_build: lua-cjson encodes the string. */
+typedef struct escape_ctx {
+    lua_State *L;
+    int cjson;
+} escape_ctx;
+
+static int json_escape(void *ud, const char *s, size_t n, cms_buf *out)
+{
+    escape_ctx *e = ud;
+    lua_State *L = e->L;
+    size_t len;
+    const char *enc;
+    int rc;
+
+    lua_getfield(L, e->cjson, "encode");
+    lua_pushlstring(L, s, n);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    enc = lua_tolstring(L, -1, &len);
+    rc = enc ? cms_buf_append(out, enc, len) : -1;
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Read the request table into `r`; integers are formatted into `num`. */
+static int read_request(lua_State *L, int idx, cms_request *r,
+                        char num[CMS_F__COUNT][32], cms_error *err)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k, *hint;
+        int f;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            cms_error_field(err, "request", "request keys must be field names, got a %s key",
+                            luaL_typename(L, -2));
+            lua_pop(L, 2);
+            return -1;
+        }
+        k = lua_tostring(L, -2);
+        f = cms_request_field_index(k);
+        if (f < 0) {
+            hint = cms_suggest(k, cms_request_fields, CMS_F__COUNT);
+            cms_error_field(err, k, "unknown request field '%.64s'%s%s%s", k,
+                            hint ? " (did you mean " : "", hint ? hint : "",
+                            hint ? "?)" : "");
+            lua_pop(L, 2);
+            return -1;
+        }
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            r->value[f] = lua_tolstring(L, -1, &r->len[f]);
+        } else if (lua_isinteger(L, -1)) {
+            snprintf(num[f], sizeof num[f], "%lld", (long long)lua_tointeger(L, -1));
+            r->value[f] = num[f];
+            r->len[f] = strlen(num[f]);
+        } else {
+            cms_error_field(err, k, "'%s' must be a string or an integer, got %s", k,
+                            lua_type(L, -1) == LUA_TNUMBER ? "a non-integer number"
+                                                           : luaL_typename(L, -1));
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1); /* the string stays referenced by the request table */
+    }
+    return 0;
+}
+
+/* The user's authorization function: (method, path, headers, body) -> string. */
+static int call_authorization(lua_State *L, int cl, client *c, scratch *s,
+                              const char *clen, const char **auth, cms_error *err)
+{
+    lua_getuservalue(L, cl);
+    lua_getfield(L, -1, "authorization");
+    lua_remove(L, -2);
+    lua_pushliteral(L, "POST");
+    lua_pushstring(L, c->path);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, c->host);
+    lua_setfield(L, -2, "host");
+    lua_pushliteral(L, CMSREC_CONTENT_TYPE);
+    lua_setfield(L, -2, "content-type");
+    lua_pushstring(L, clen);
+    lua_setfield(L, -2, "content-length");
+    lua_pushlstring(L, s->body.data, s->body.len);
+    if (lua_pcall(L, 4, 1, 0) != 0) {
+        cms_error_field(err, "authorization", "the authorization function failed: %s",
+                        lua_isstring(L, -1) ? lua_tostring(L, -1) : "(non-string error)");
+        lua_pop(L, 1);
+        return -1;
+    }
+    *auth = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (!*auth || !**auth || strlen(*auth) != lua_rawlen(L, -1) ||
+        strpbrk(*auth, "\r\n")) {
+        lua_pop(L, 1);
+        return cms_error_field(err, "authorization",
+                               "the authorization function must return a non-empty "
+                               "single-line string");
+    }
+    return 0; /* the string stays on the stack until the download returns */
+}
+
+static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
+{
+    cms_kv h[3];
+    size_t n = 0;
+    char ts[CMS_TIMESTAMP_SIZE];
+    cms_sign_input in;
+
+#define ADD(flag, nm, val) \
+    if (c->signed_headers & (flag)) { \
+        h[n].name = nm; h[n].name_len = strlen(nm); \
+        h[n].value = val; h[n].value_len = strlen(val); n++; }
+    ADD(SIGN_CONTENT_LENGTH, "content-length", clen);
+    ADD(SIGN_CONTENT_TYPE, "content-type", CMSREC_CONTENT_TYPE);
+    ADD(SIGN_HOST, "host", c->host);
+#undef ADD
+    if (cms_timestamp_now(ts) != 0)
+        return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
+    memset(&in, 0, sizeof in);
+    in.ak = c->ak;
+    in.sk = c->sk;
+    in.sk_len = c->sk_len;
+    in.method = "POST";
+    in.path = c->path;
+    in.headers = h;
+    in.nheaders = n;
+    in.body = s->body.data;
+    in.body_len = s->body.len;
+    in.timestamp = ts;
+    return cms_sign(&in, &s->sig, err);
+}
+
+static int add_header(struct curl_slist **list, const char *name, const char *value,
+                      cms_error *err)
+{
+    char line[1024];
+    struct curl_slist *l;
+
+    if ((size_t)snprintf(line, sizeof line, "%s: %s", name, value) >= sizeof line)
+        return cms_error_set(err, CMS_E_INVALID, "the %s header is too long", name);
+    l = curl_slist_append(*list, line);
+    OPENSSL_cleanse(line, sizeof line);
+    if (!l)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory building headers");
+    *list = l;
+    return 0;
+}
+
+static int build_headers(scratch *s, client *c, const char *auth, cms_error *err)
+{
+    return add_header(&s->headers, "Host", c->host, err) ||
+           add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, err) ||
+           add_header(&s->headers, "Authorization", auth, err) ||
+           /* no "Expect: 100-continue" round trip for a small JSON body */
+           add_header(&s->headers, "Expect", "", err) ? -1 : 0;
+}
+
+/* A short, printable excerpt of an error body for messages. */
+static void body_excerpt(const cms_buf *b, char *out, size_t cap)
+{
+    size_t i, n = b->len < cap - 1 ? b->len : cap - 1;
+
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)b->data[i];
+        if (ch == '\r' || ch == '\n')
+            break;
+        if (ch < 0x20 || ch == 0x7F)
+            ch = '?';
+        out[i] = (char)ch;
+    }
+    out[i] = '\0';
+    if (!cms_utf8_valid(out, i))
+        out[0] = '\0';
+}
+
+/* Decode a JSON body with cjson; leaves a table on the stack or returns 0. */
+static int decode_json(lua_State *L, int cjson, const cms_buf *b)
+{
+    lua_getfield(L, cjson, "decode");
+    lua_pushlstring(L, b->data, b->len);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    return 1;
+}
+
+/* A string or number field of the table on top, copied into `out` (or NULL). */
+static const char *json_text(lua_State *L, const char *key, char *out, size_t cap)
+{
+    int t;
+    lua_getfield(L, -1, key);
+    t = lua_type(L, -1);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER)
+        cms_strlcpy(out, lua_tostring(L, -1), cap);
+    lua_pop(L, 1);
+    return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
+}
+
+static int classify_response(lua_State *L, int cjson, const cms_response *r,
+                             cms_error *err)
+{
+    cms_format fmt = cms_sniff((const unsigned char *)r->body.data, r->body.len);
+    int top = lua_gettop(L), rc = 0;
+
+    if (r->status / 100 != 2) {
+        char excerpt[160];
+        const char *detail = excerpt;
+        char code[32] = "", desc[256] = "";
+        body_excerpt(&r->body, excerpt, sizeof excerpt);
+        if (fmt == CMS_FMT_JSON && !r->truncated && decode_json(L, cjson, &r->body)) {
+            /* CMS results, Spring errors ({message, error}) and gateways */
+            json_text(L, "resultCode", code, sizeof code);
+            detail = json_text(L, "resultDesc", desc, sizeof desc);
+            if (!detail)
+                detail = json_text(L, "message", excerpt, sizeof excerpt);
+            if (!detail)
+                detail = json_text(L, "error", excerpt, sizeof excerpt);
+        }
+        cms_classify_status(r->status, detail, r->retry_after, err);
+        cms_strlcpy(err->result_code, code, sizeof err->result_code);
+        cms_strlcpy(err->result_desc, desc, sizeof err->result_desc);
+        rc = -1;
+    } else if (r->body.len == 0) {
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with an empty body",
+                      r->status);
+        err->status = r->status;
+        rc = -1;
+    } else if (fmt == CMS_FMT_JSON) {
+        char code[32], desc[256];
+        if (decode_json(L, cjson, &r->body))
+            cms_classify_result(r->status, json_text(L, "resultCode", code, sizeof code),
+                                json_text(L, "resultDesc", desc, sizeof desc), err);
+        else
+            cms_error_set(err, CMS_E_PROTOCOL,
+                          "the CMS answered a body that starts like JSON but is not a "
+                          "JSON object (%zu bytes)", r->body.len);
+        err->status = r->status;
+        rc = -1;
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+static int push_success(lua_State *L, const cms_response *r)
+{
+    cms_format fmt = cms_sniff((const unsigned char *)r->body.data, r->body.len);
+
+    lua_pushlstring(L, r->body.data, r->body.len);
+    lua_createtable(L, 0, 5);
+    set_int_field(L, "status", r->status);
+    set_int_field(L, "bytes", (lua_Integer)r->body.len);
+    set_str_field(L, "content_type", r->content_type);
+    set_str_field(L, "format", cms_format_name(fmt));
+    lua_pushnumber(L, r->elapsed);
+    lua_setfield(L, -2, "elapsed");
+    return 2;
+}
+
+static int download_steps(lua_State *L, client *c, scratch *s, cms_error *err)
+{
+    cms_request req;
+    char num[CMS_F__COUNT][32];
+    char clen[32];
+    const char *auth;
+    escape_ctx esc;
+
+    esc.L = L;
+    esc.cjson = CJSON_UPVALUE;
+    cms_request_init(&req);
+    if (read_request(L, 2, &req, num, err) != 0 ||
+        cms_request_build(&req, json_escape, &esc, &s->body, err) != 0)
+        return -1;
+    snprintf(clen, sizeof clen, "%zu", s->body.len);
+    if (c->has_authorization) {
+        if (call_authorization(L, 1, c, s, clen, &auth, err) != 0)
+            return -1;
+    } else {
+        if (sign_request(c, s, clen, err) != 0)
+            return -1;
+        auth = s->sig.authorization.data;
+    }
+    if (build_headers(s, c, auth, err) != 0 ||
+        cms_transfer_post(c->curl, &c->tc, c->url, s->headers, s->body.data,
+                          s->body.len, &s->resp, err) != 0)
+        return -1;
+    return classify_response(L, CJSON_UPVALUE, &s->resp, err);
+}
+
+static int l_download(lua_State *L)
+{
+    client *c = check_client(L, 1);
+    cms_error err;
+    scratch *s;
+    int n;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) == 2, 3, "found too many arguments");
+    s = new_scratch(L); /* index 3 */
+    cms_error_clear(&err);
+    if (download_steps(L, c, s, &err) != 0)
+        n = push_error(L, &err);
+    else
+        n = push_success(L, &s->resp);
+    lua_pushcfunction(L, scratch_gc); /* free now rather than at the next GC */
+    lua_pushvalue(L, 3);
+    lua_call(L, 1, 0);
+    return n;
+}
+
+/* cmsrec.download(config, req): new, download, close. */
+static int l_download_once(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(2)); /* new */
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);                      /* 3: client */
+    lua_pushvalue(L, lua_upvalueindex(3)); /* download */
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 2);                      /* 4, 5: data/nil, info/err */
+    lua_pushcfunction(L, l_close);
+    lua_pushvalue(L, 3);
+    lua_call(L, 1, 0);
+    return 2;
+}
+
+/* ===== SIGN ===== */
+
+/* A table of name -> string/number as cms_kv pairs (strings stay in the table). */
+static size_t read_pairs(lua_State *L, int idx, const char *key, cms_kv *kv,
+                         int anchor)
+{
+    size_t n = 0;
+
+    lua_getfield(L, idx, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_istable(L, -1))
+        luaL_error(L, "cmsrec.sign: option '%s' must be a table of name = value", key);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (n == CMS_SIGN_MAX_PAIRS)
+            luaL_error(L, "cmsrec.sign: option '%s' has too many entries", key);
+        if (lua_type(L, -2) != LUA_TSTRING ||
+            (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+            luaL_error(L, "cmsrec.sign: option '%s' must map strings to strings", key);
+        lua_tostring(L, -1); /* a number becomes a string on the stack only */
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, anchor, (int)lua_rawlen(L, anchor) + 1); /* keep it alive */
+        kv[n].name = lua_tolstring(L, -2, &kv[n].name_len);
+        kv[n].value = lua_tolstring(L, -1, &kv[n].value_len);
+        n++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+static int l_sign(lua_State *L)
+{
+    cms_kv query[CMS_SIGN_MAX_PAIRS], headers[CMS_SIGN_MAX_PAIRS];
+    char ts[CMS_TIMESTAMP_SIZE];
+    cms_sign_input in;
+    cms_signature *sig;
+    cms_error err;
+    scratch *s;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) == 1, 2, "found too many arguments");
+    check_keys(L, 1, "cmsrec.sign", sign_keys, NSIGN_KEYS);
+    memset(&in, 0, sizeof in);
+    in.ak = opt_string(L, 1, "cmsrec.sign", "ak", NULL);
+    in.sk = (const unsigned char *)opt_string(L, 1, "cmsrec.sign", "sk", &in.sk_len);
+    in.method = opt_string(L, 1, "cmsrec.sign", "method", NULL);
+    in.path = opt_string(L, 1, "cmsrec.sign", "path", NULL);
+    in.body = opt_string(L, 1, "cmsrec.sign", "body", &in.body_len);
+    in.timestamp = opt_string(L, 1, "cmsrec.sign", "timestamp", NULL);
+    lua_newtable(L); /* anchor for number values turned into strings */
+    in.nquery = read_pairs(L, 1, "query", query, lua_gettop(L));
+    in.query = query;
+    in.nheaders = read_pairs(L, 1, "headers", headers, lua_gettop(L));
+    in.headers = headers;
+    if (!in.method)
+        in.method = "POST";
+    if (!in.timestamp) {
+        if (cms_timestamp_now(ts) != 0)
+            luaL_error(L, "cmsrec.sign: the system clock cannot be read");
+        in.timestamp = ts;
+    }
+    s = new_scratch(L);
+    sig = &s->sig;
+    cms_error_clear(&err);
+    if (cms_sign(&in, sig, &err) != 0)
+        luaL_error(L, "cmsrec.sign: %s", err.message);
+    lua_pushlstring(L, sig->authorization.data, sig->authorization.len);
+    lua_createtable(L, 0, 5);
+    lua_pushlstring(L, sig->canonical_request.data, sig->canonical_request.len);
+    lua_setfield(L, -2, "canonical_request");
+    set_str_field(L, "signing_key", sig->signing_key);
+    set_str_field(L, "signature", sig->signature);
+    set_str_field(L, "signed_headers", sig->signed_headers.data);
+    set_str_field(L, "timestamp", in.timestamp);
+    cms_signature_free(sig);
+    return 2;
+}
+
+/* ===== MODULE ===== */
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *meta,
+                      const luaL_Reg *methods)
+{
+    luaL_newmetatable(L, name);
+    lua_pushvalue(L, -2); /* cjson */
+    luaL_setfuncs(L, meta, 1);
+    if (methods) {
+        lua_newtable(L);
+        lua_pushvalue(L, -3);
+        luaL_setfuncs(L, methods, 1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pushliteral(L, "cmsrec");
+    lua_setfield(L, -2, "__metatable"); /* getmetatable does not expose internals */
+    lua_pop(L, 1);
+}
+
+int luaopen_cmsrec(lua_State *L)
+{
+    static const luaL_Reg client_meta[] = {
+        {"__gc", l_gc},
+        {"__close", l_close},
+        {"__tostring", l_tostring},
+        {NULL, NULL},
+    };
+    static const luaL_Reg client_methods[] = {
+        {"download", l_download},
+        {"close", l_close},
+        {NULL, NULL},
+    };
+    static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+    static const luaL_Reg scratch_meta[] = {{"__gc", scratch_gc}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"new", l_new},
+        {"sign", l_sign},
+        {NULL, NULL},
+    };
+    int i;
+
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1); /* 1: cjson */
+
+    new_class(L, CLIENT_MT, client_meta, client_methods);
+    new_class(L, SCRATCH_MT, scratch_meta, NULL);
+    luaL_newmetatable(L, ERROR_MT);
+    luaL_setfuncs(L, error_meta, 0);
+    lua_pop(L, 1);
+
+    lua_newtable(L); /* 2: module */
+    lua_pushvalue(L, 1);
+    luaL_setfuncs(L, funcs, 1);
+    /* download(config, req) closes over cjson, new and the download method */
+    lua_pushvalue(L, 1);
+    lua_getfield(L, -2, "new");
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, l_download, 1);
+    lua_pushcclosure(L, l_download_once, 3);
+    lua_setfield(L, -2, "download");
+
+    lua_newtable(L); /* kinds: the list every err.kind comes from */
+    for (i = 1; i < CMS_E__COUNT; i++) {
+        lua_pushstring(L, cms_error_kind_name((cms_error_kind)i));
+        lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, -2, "kinds");
+    lua_pushliteral(L, CMSREC_DEFAULT_PATH);
+    lua_setfield(L, -2, "DEFAULT_PATH");
+    lua_pushliteral(L, CMSREC_VERSION);
+    lua_setfield(L, -2, "VERSION");
+    lua_pushstring(L, curl_version());
+    lua_setfield(L, -2, "CURL_VERSION");
+    return 1;
+}

@@ -1,0 +1,105 @@
+/* cms_classify: format sniffing and status/result classification. */
+#include "cms_classify.h"
+
+#include <string.h>
+
+cms_format cms_sniff(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+
+    if (n >= 4 && memcmp(p, "PK\3\4", 4) == 0)
+        return CMS_FMT_ZIP;
+    if (n >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WAVE", 4) == 0)
+        return CMS_FMT_WAV;
+    /* JSON results may come with a UTF-8 BOM or leading whitespace */
+    if (n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+        i = 3;
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
+        i++;
+    if (i < n && p[i] == '{')
+        return CMS_FMT_JSON;
+    return CMS_FMT_UNKNOWN;
+}
+
+const char *cms_format_name(cms_format f)
+{
+    switch (f) {
+    case CMS_FMT_WAV: return "wav";
+    case CMS_FMT_ZIP: return "zip";
+    case CMS_FMT_JSON: return "json";
+    default: return "unknown";
+    }
+}
+
+const char *cms_format_ext(cms_format f)
+{
+    switch (f) {
+    case CMS_FMT_WAV: return "wav";
+    case CMS_FMT_ZIP: return "zip";
+    default: return "bin";
+    }
+}
+
+int cms_result_is_flow_control(const char *code)
+{
+    /* CC-FS flow-control codes; they arrive as HTTP 200 JSON. */
+    static const char *const flow[] = {"0300008", "0300009"};
+    size_t i;
+
+    for (i = 0; i < sizeof flow / sizeof flow[0]; i++)
+        if (strcmp(code, flow[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int cms_classify_status(long status, const char *detail, long retry_after,
+                        cms_error *err)
+{
+    const char *sep = detail && *detail ? ": " : "";
+
+    if (!detail)
+        detail = "";
+    if (status == 401 || status == 403) {
+        cms_error_set(err, CMS_E_AUTH,
+                      status == 401
+                          ? "the CMS rejected the credentials (HTTP 401)%s%s"
+                          : "the CMS refused access (HTTP 403, the client IP may be "
+                            "locked after failed signatures)%s%s",
+                      sep, detail);
+    } else if (status >= 300 && status < 400) {
+        cms_error_set(err, CMS_E_HTTP,
+                      "the CMS answered with a redirect (HTTP %ld), which is never "
+                      "followed so the signature cannot leak%s%s",
+                      status, sep, detail);
+    } else {
+        cms_error_set(err, CMS_E_HTTP, "the CMS answered HTTP %ld%s%s", status, sep,
+                      detail);
+        err->retryable = status == 429 || status == 502 || status == 503 ||
+                         status == 504;
+    }
+    err->status = status;
+    err->retry_after = retry_after;
+    return -1;
+}
+
+int cms_classify_result(long status, const char *code, const char *desc,
+                        cms_error *err)
+{
+    if (!code) {
+        cms_error_set(err, CMS_E_PROTOCOL,
+                      "the CMS answered a JSON object without a resultCode");
+    } else if (strcmp(code, "0") == 0) {
+        cms_error_set(err, CMS_E_PROTOCOL,
+                      "the CMS answered resultCode \"0\" (success) but sent no recording");
+    } else {
+        cms_error_set(err, CMS_E_API, "the CMS answered resultCode \"%s\": %s", code,
+                      desc && *desc ? desc : "(no resultDesc)");
+        err->retryable = cms_result_is_flow_control(code);
+    }
+    if (code)
+        cms_strlcpy(err->result_code, code, sizeof err->result_code);
+    if (desc)
+        cms_strlcpy(err->result_desc, desc, sizeof err->result_desc);
+    err->status = status;
+    return -1;
+}

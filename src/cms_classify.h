@@ -1,0 +1,53 @@
+/*
+ * cms_classify: what came back, decided by bytes and status, never by the
+ * Content-Type (CMS servers send JSON errors with HTTP 200 and arbitrary
+ * content types).
+ *
+ *   cms_sniff()           first bytes -> WAV, ZIP, JSON result, unknown
+ *   cms_classify_status() non-2xx status -> auth / http error, retryable
+ *   cms_classify_result() a decoded JSON result -> api / protocol error
+ *
+ * JSON decoding itself is the caller's (the binding uses lua-cjson); this
+ * unit only sees the fields it extracted.
+ */
+#ifndef CMS_CLASSIFY_H
+#define CMS_CLASSIFY_H
+
+#include <stddef.h>
+
+#include "cms_error.h"
+
+typedef enum cms_format {
+    CMS_FMT_UNKNOWN,
+    CMS_FMT_WAV,
+    CMS_FMT_ZIP,
+    CMS_FMT_JSON
+} cms_format;
+
+/* Bytes needed to tell every format apart ("RIFF" size "WAVE"). */
+#define CMS_SNIFF_BYTES 12
+
+cms_format cms_sniff(const unsigned char *p, size_t n);
+const char *cms_format_name(cms_format f);
+/* File name extension for a format, without the dot. */
+const char *cms_format_ext(cms_format f);
+
+/* 1 if the CMS result code means flow control (worth retrying later). */
+int cms_result_is_flow_control(const char *code);
+
+/*
+ * Fill `err` for a non-2xx status. `detail` is a short server-provided text
+ * (may be NULL or ""), `retry_after` seconds or -1. Returns -1.
+ */
+int cms_classify_status(long status, const char *detail, long retry_after,
+                        cms_error *err);
+
+/*
+ * A 2xx body that parsed as a JSON object. `code`/`desc` are the resultCode
+ * and resultDesc as strings (NULL when absent or not a string/number).
+ * Always an error: resultCode "0" without a recording is a protocol error.
+ */
+int cms_classify_result(long status, const char *code, const char *desc,
+                        cms_error *err);
+
+#endif

@@ -1,0 +1,260 @@
+/* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
+#include "cms_transfer.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int cms_transfer_global_init(void)
+{
+    pthread_once(&global_once, global_init);
+    return global_rc == CURLE_OK ? 0 : -1;
+}
+
+void cms_response_init(cms_response *r)
+{
+    r->status = 0;
+    cms_buf_init(&r->body);
+    r->truncated = 0;
+    r->content_type[0] = '\0';
+    r->retry_after = -1;
+    r->elapsed = 0;
+}
+
+void cms_response_free(cms_response *r)
+{
+    cms_buf_free(&r->body);
+    cms_response_init(r);
+}
+
+/* State shared by the callbacks of one transfer. */
+typedef struct transfer_ctx {
+    CURL *h;
+    cms_response *resp;
+    int started;        /* first body byte seen: status known */
+    int limit_hit;      /* we stopped an oversized error body on purpose */
+    int nomem;
+} transfer_ctx;
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    transfer_ctx *ctx = ud;
+    size_t len = size * n, vlen;
+    const char *v;
+
+    if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (proxy CONNECT) */
+        ctx->resp->content_type[0] = '\0';
+        ctx->resp->retry_after = -1;
+        return len;
+    }
+    v = memchr(p, ':', len);
+    if (!v)
+        return len;
+    v++;
+    while (v < p + len && (*v == ' ' || *v == '\t'))
+        v++;
+    vlen = (size_t)(p + len - v);
+    while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+        vlen--;
+    if (strncasecmp(p, "content-type:", 13) == 0) {
+        size_t cap = sizeof ctx->resp->content_type - 1;
+        if (vlen > cap)
+            vlen = cap;
+        memcpy(ctx->resp->content_type, v, vlen);
+        ctx->resp->content_type[vlen] = '\0';
+    } else if (strncasecmp(p, "retry-after:", 12) == 0 && vlen && vlen < 10 &&
+               v[0] >= '0' && v[0] <= '9') {
+        ctx->resp->retry_after = strtol(v, NULL, 10); /* the HTTP-date form is ignored */
+    }
+    return len;
+}
+
+static void on_first_byte(transfer_ctx *ctx)
+{
+    curl_off_t cl = -1;
+
+    ctx->started = 1;
+    curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &ctx->resp->status);
+    /* A success body is the recording: allocate once when its size is known. */
+    if (ctx->resp->status / 100 == 2 &&
+        curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
+        cl > 0 && (unsigned long long)cl < (size_t)-1 / 2)
+        if (cms_buf_reserve(&ctx->resp->body, (size_t)cl) != 0)
+            ctx->nomem = 1;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    transfer_ctx *ctx = ud;
+    cms_buf *body = &ctx->resp->body;
+    size_t len = size * n;
+
+    if (!ctx->started)
+        on_first_byte(ctx);
+    if (ctx->nomem)
+        return 0;
+    if (ctx->resp->status / 100 != 2 && body->len + len > CMS_ERROR_BODY_MAX) {
+        /* keep what fits, then stop reading: error bodies are bounded */
+        cms_buf_append(body, p, CMS_ERROR_BODY_MAX - body->len);
+        ctx->resp->truncated = 1;
+        ctx->limit_hit = 1;
+        return 0;
+    }
+    if (cms_buf_append(body, p, len) != 0) {
+        ctx->nomem = 1;
+        return 0;
+    }
+    return len;
+}
+
+cms_error_kind cms_curl_error_kind(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return CMS_E_TIMEOUT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_USE_SSL_FAILED:
+        return CMS_E_TLS;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_TOO_MANY_REDIRECTS:
+        return CMS_E_PROTOCOL;
+    case CURLE_OUT_OF_MEMORY:
+        return CMS_E_NOMEM;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return CMS_E_INVALID;
+    default:
+        return CMS_E_NETWORK;
+    }
+}
+
+static int is_retryable_network(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_OPERATION_TIMEDOUT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char *url,
+                            struct curl_slist *headers, const char *body,
+                            size_t body_len, transfer_ctx *ctx, char *errbuf)
+{
+    const char *protocols = cfg->allow_http ? "http,https" : "https";
+    CURLcode rc = CURLE_OK;
+
+#define SET(opt, val) \
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val); } while (0)
+    SET(CURLOPT_ERRORBUFFER, errbuf);
+    SET(CURLOPT_URL, url);
+    SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
+    SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SET(CURLOPT_PROTOCOLS_STR, protocols);
+    SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);
+#else
+    SET(CURLOPT_PROTOCOLS, cfg->allow_http ? (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS)
+                                           : (long)CURLPROTO_HTTPS);
+    (void)protocols;
+#endif
+    SET(CURLOPT_SSL_VERIFYPEER, cfg->insecure ? 0L : 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
+    if (cfg->cafile)
+        SET(CURLOPT_CAINFO, cfg->cafile);
+    if (cfg->capath)
+        SET(CURLOPT_CAPATH, cfg->capath);
+    if (cfg->proxy)
+        SET(CURLOPT_PROXY, cfg->proxy);
+    if (cfg->user_agent)
+        SET(CURLOPT_USERAGENT, cfg->user_agent);
+    if (cfg->timeout_ms > 0)
+        SET(CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
+    if (cfg->connect_timeout_ms > 0)
+        SET(CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+    SET(CURLOPT_POST, 1L);
+    SET(CURLOPT_POSTFIELDS, body);
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    SET(CURLOPT_HTTPHEADER, headers);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, ctx);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, ctx);
+#undef SET
+    return rc;
+}
+
+static int transport_error(CURLcode rc, const char *errbuf, const char *url,
+                           cms_error *err)
+{
+    cms_error_kind kind = cms_curl_error_kind(rc);
+    const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+
+    if (kind == CMS_E_INVALID)
+        cms_error_field(err, "base_url", "the URL cannot be used: %s", what);
+    else
+        cms_error_set(err, kind, "%s %s failed: %s",
+                      kind == CMS_E_TLS ? "the TLS connection to" : "the request to",
+                      url, what);
+    err->curl_code = (int)rc;
+    err->retryable = is_retryable_network(rc);
+    return -1;
+}
+
+int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
+                      struct curl_slist *headers, const char *body, size_t body_len,
+                      cms_response *resp, cms_error *err)
+{
+    char errbuf[CURL_ERROR_SIZE];
+    transfer_ctx ctx;
+    CURLcode rc;
+
+    memset(&ctx, 0, sizeof ctx);
+    ctx.h = h;
+    ctx.resp = resp;
+    errbuf[0] = '\0';
+    curl_easy_reset(h);
+    rc = set_options(h, cfg, url, headers, body, body_len, &ctx, errbuf);
+    if (rc == CURLE_OK)
+        rc = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL); /* errbuf dies with this frame */
+    curl_easy_getinfo(h, CURLINFO_TOTAL_TIME, &resp->elapsed);
+    if (!ctx.started)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+    if (ctx.nomem)
+        return cms_error_set(err, CMS_E_NOMEM,
+                             "out of memory while receiving the response");
+    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && ctx.limit_hit))
+        return transport_error(rc, errbuf, url, err);
+    return 0;
+}

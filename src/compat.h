@@ -1,0 +1,58 @@
+/*
+ * compat.h: the few Lua 5.2+ API calls the binding uses, for Lua 5.1 and
+ * LuaJIT (OpenResty). It does something only when LUA_VERSION_NUM == 501;
+ * every other file is written against the 5.4 API.
+ */
+#ifndef CMS_COMPAT_H
+#define CMS_COMPAT_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#if LUA_VERSION_NUM == 501
+
+#define lua_rawlen(L, i) lua_objlen((L), (i))
+#define lua_setuservalue(L, i) lua_setfenv((L), (i))
+#define lua_getuservalue(L, i) lua_getfenv((L), (i))
+
+static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+{
+    luaL_checkstack(L, nup, "too many upvalues");
+    for (; l->name; l++) {
+        int i;
+        for (i = 0; i < nup; i++)
+            lua_pushvalue(L, -nup);
+        lua_pushcclosure(L, l->func, nup);
+        lua_setfield(L, -(nup + 2), l->name);
+    }
+    lua_pop(L, nup);
+}
+
+static inline void *luaL_testudata(lua_State *L, int i, const char *tname)
+{
+    void *p = lua_touserdata(L, i);
+    if (!p || !lua_getmetatable(L, i))
+        return NULL;
+    luaL_getmetatable(L, tname);
+    if (!lua_rawequal(L, -1, -2))
+        p = NULL;
+    lua_pop(L, 2);
+    return p;
+}
+
+#endif
+
+#if LUA_VERSION_NUM < 503
+/* Integers are doubles with no fraction before 5.3. */
+static inline int lua_isinteger(lua_State *L, int i)
+{
+    lua_Number n;
+    if (lua_type(L, i) != LUA_TNUMBER)
+        return 0;
+    n = lua_tonumber(L, i);
+    return n == (lua_Number)(long long)n && n >= -9007199254740992.0 &&
+           n <= 9007199254740992.0;
+}
+#endif
+
+#endif

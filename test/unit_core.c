@@ -1,0 +1,266 @@
+/*
+ * unit_core: tests of the C core without Lua or a network: the auth-v2
+ * vectors of cms-protocol.md, normalisation, request validation and body,
+ * format sniffing and classification, libcurl code mapping.
+ * Prints TAP ("ok N - name" / "not ok N - name"); exit status 1 on failure.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "../src/cms_classify.h"
+#include "../src/cms_request.h"
+#include "../src/cms_sign.h"
+#include "../src/cms_transfer.h"
+
+static int count, failed;
+
+static void ok(int cond, const char *name)
+{
+    count++;
+    if (!cond)
+        failed++;
+    printf("%sok %d - %s\n", cond ? "" : "not ", count, name);
+}
+
+static void ok_str(const char *got, const char *want, const char *name)
+{
+    ok(got && strcmp(got, want) == 0, name);
+    if (!(got && strcmp(got, want) == 0))
+        printf("#   got:  %s\n#   want: %s\n", got ? got : "(null)", want);
+}
+
+#define KV(n, v) {n, sizeof(n) - 1, v, sizeof(v) - 1}
+
+static const char *vec_body = "{\"say\": \"Hello world!\"}";
+
+static void sign_vector(const cms_kv *h, size_t nh, const cms_kv *q, size_t nq,
+                        const char *method, const char *body, cms_signature *sig)
+{
+    cms_sign_input in;
+    cms_error err;
+
+    memset(&in, 0, sizeof in);
+    in.ak = "globalaktest";
+    in.sk = (const unsigned char *)"example-sk-0123456789";
+    in.sk_len = strlen("example-sk-0123456789");
+    in.method = method;
+    in.path = "/rest/cmsapp/v1/ping";
+    in.query = q;
+    in.nquery = nq;
+    in.headers = h;
+    in.nheaders = nh;
+    in.body = body;
+    in.body_len = strlen(body);
+    in.timestamp = "2024-10-31T14:06:52Z";
+    cms_signature_init(sig);
+    cms_error_clear(&err);
+    ok(cms_sign(&in, sig, &err) == 0, "cms_sign succeeds on a vector");
+}
+
+static void test_vectors(void)
+{
+    cms_kv v1[] = {KV("Host", "10.22.26.181:28080"),
+                   KV("Content-Type", "application/json;charset=UTF-8"),
+                   KV("content-length", "23")};
+    cms_kv v2[] = {KV("host", "10.22.26.181:28080")};
+    cms_kv q3[] = {KV("b", "x y"), KV("a", "1/2")};
+    cms_signature sig;
+
+    sign_vector(v1, 3, NULL, 0, "POST", vec_body, &sig);
+    ok_str(sig.canonical_request.data,
+           "POST\n/rest/cmsapp/v1/ping\ncontent-length;content-type;host\n"
+           "content-length:23\ncontent-type:application%2Fjson%3Bcharset%3DUTF-8\n"
+           "host:10.22.26.181%3A28080\n%7B%22say%22%3A%20%22Hello%20world%21%22%7D",
+           "V1 canonical request");
+    ok_str(sig.signing_key,
+           "bb0c4d2407684a18485b7018d70a5ebdc2c895ffa7d24ff9465e9dcc2fa7bb0f",
+           "V1 signing key");
+    ok_str(sig.authorization.data,
+           "auth-v2/globalaktest/2024-10-31T14:06:52Z/content-length;content-type;host/"
+           "151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a",
+           "V1 authorization");
+    cms_signature_free(&sig);
+    ok(sig.signing_key[0] == '\0', "signing key wiped on free");
+
+    sign_vector(v2, 1, NULL, 0, "POST", vec_body, &sig);
+    ok_str(sig.signature,
+           "e77feacaa3781f9f4b7b391abc2cf2fb75677908c26de4cfa787c2cfb49c2487",
+           "V2 signature (host only)");
+    cms_signature_free(&sig);
+
+    sign_vector(v2, 1, q3, 2, "get", "", &sig);
+    ok_str(sig.canonical_request.data,
+           "GET\n/rest/cmsapp/v1/ping\na=1%2F2&b=x%20y\nhost\nhost:10.22.26.181%3A28080\n",
+           "V3 canonical request (query, GET, empty body)");
+    ok_str(sig.signature,
+           "bf9b5078cf12b5efd40b94a325e2297f2b94adeba6bcdfa9e5cbad643784bed0",
+           "V3 signature");
+    cms_signature_free(&sig);
+}
+
+static void test_sign_rejects(void)
+{
+    cms_kv dup[] = {KV("host", "a"), KV("Host", "b")};
+    cms_sign_input in;
+    cms_signature sig;
+    cms_error err;
+
+    memset(&in, 0, sizeof in);
+    in.ak = "ak";
+    in.sk = (const unsigned char *)"sk";
+    in.sk_len = 2;
+    in.method = "POST";
+    in.path = "/p";
+    in.headers = dup;
+    in.nheaders = 2;
+    in.timestamp = "2024-10-31T14:06:52Z";
+    cms_signature_init(&sig);
+    cms_error_clear(&err);
+    ok(cms_sign(&in, &sig, &err) != 0 && err.kind == CMS_E_INVALID &&
+           strcmp(err.field, "headers") == 0,
+       "a header given twice is rejected");
+    in.nheaders = 1;
+    in.sk_len = 0;
+    ok(cms_sign(&in, &sig, &err) != 0 && strcmp(err.field, "sk") == 0,
+       "an empty SK is rejected, naming 'sk'");
+    ok(strstr(err.message, "sk") != NULL, "the message names the field");
+    cms_signature_free(&sig);
+}
+
+static void test_normalize(void)
+{
+    cms_buf b;
+
+    cms_buf_init(&b);
+    cms_normalize(&b, "aZ09-._~ /+\xE4\xB8\xAD\0", 15);
+    ok_str(b.data, "aZ09-._~%20%2F%2B%E4%B8%AD%00", "normalize keeps unreserved, %XX the rest");
+    cms_buf_free(&b);
+}
+
+static int plain_escape(void *ud, const char *s, size_t n, cms_buf *out)
+{
+    (void)ud;
+    return cms_buf_append_char(out, '"') | cms_buf_append(out, s, n) |
+           cms_buf_append_char(out, '"');
+}
+
+static int validate(const char *field, const char *value, cms_error *err)
+{
+    cms_request r;
+
+    cms_request_init(&r);
+    r.value[CMS_F_CALLID] = "1748587841-77268";
+    r.len[CMS_F_CALLID] = 16;
+    if (field) {
+        int f = cms_request_field_index(field);
+        r.value[f] = value;
+        r.len[f] = value ? strlen(value) : 0;
+    }
+    cms_error_clear(err);
+    return cms_request_validate(&r, err);
+}
+
+static void test_request(void)
+{
+    cms_request r;
+    cms_error err;
+    cms_buf body;
+
+    cms_request_init(&r);
+    cms_buf_init(&body);
+    r.value[CMS_F_CALLID] = "1748587841-77268";
+    r.len[CMS_F_CALLID] = 16;
+    cms_error_clear(&err);
+    ok(cms_request_build(&r, plain_escape, NULL, &body, &err) == 0, "build a request");
+    ok_str(body.data,
+           "{\"callID\":\"1748587841-77268\",\"workNo\":\"\",\"beginTime\":\"\","
+           "\"callerNo\":\"\",\"calleeNo\":\"\"}",
+           "body has all five keys in the documented order");
+    cms_buf_free(&body);
+
+    r.value[CMS_F_CALLID] = NULL;
+    ok(cms_request_validate(&r, &err) != 0 && strcmp(err.field, "callID") == 0,
+       "callID is required");
+    ok(validate("beginTime", "20250530120000", &err) == 0, "a real beginTime passes");
+    ok(validate("beginTime", "20240229235959", &err) == 0, "29 February of a leap year passes");
+    ok(validate("beginTime", "20250229120000", &err) != 0 &&
+           strcmp(err.field, "beginTime") == 0,
+       "29 February of 2025 is rejected");
+    ok(validate("beginTime", "20251301120000", &err) != 0, "month 13 is rejected");
+    ok(validate("beginTime", "20250530246000", &err) != 0, "hour 24 is rejected");
+    ok(validate("beginTime", "2025053012000", &err) != 0, "13 digits are rejected");
+    ok(validate("beginTime", "2025-05-30 12:0", &err) != 0, "non-digits are rejected");
+    ok(validate("workNo", "caf\xC3\xA9", &err) == 0, "UTF-8 passes");
+    ok(validate("workNo", "caf\xE9", &err) != 0 && strcmp(err.field, "workNo") == 0,
+       "Latin-1 is rejected as invalid UTF-8");
+    ok(validate("workNo", "\xC0\xAF", &err) != 0, "overlong UTF-8 is rejected");
+    ok(validate("workNo", "\xED\xA0\x80", &err) != 0, "UTF-16 surrogates are rejected");
+    ok(validate("callerNo", "123\r\nX-Evil: 1", &err) != 0 &&
+           strcmp(err.field, "callerNo") == 0,
+       "CR/LF is rejected");
+}
+
+static void test_suggest(void)
+{
+    ok_str(cms_suggest("callId", cms_request_fields, CMS_F__COUNT), "callID",
+           "callId suggests callID");
+    ok_str(cms_suggest("begintime", cms_request_fields, CMS_F__COUNT), "beginTime",
+           "case-insensitive suggestion");
+    ok_str(cms_suggest("caleeNo", cms_request_fields, CMS_F__COUNT), "calleeNo",
+           "one letter missing suggests calleeNo");
+    ok(cms_suggest("colour", cms_request_fields, CMS_F__COUNT) == NULL,
+       "nothing suggested for a far name");
+}
+
+static void test_classify(void)
+{
+    cms_error err;
+
+    ok(cms_sniff((const unsigned char *)"RIFF\x10\0\0\0WAVEfmt ", 16) == CMS_FMT_WAV, "sniff WAV");
+    ok(cms_sniff((const unsigned char *)"PK\3\4xxxx", 8) == CMS_FMT_ZIP, "sniff ZIP");
+    ok(cms_sniff((const unsigned char *)"\xEF\xBB\xBF  {\"a\"", 9) == CMS_FMT_JSON,
+       "sniff JSON after a BOM and spaces");
+    ok(cms_sniff((const unsigned char *)"RIFF", 4) == CMS_FMT_UNKNOWN, "short RIFF is unknown");
+    ok(cms_sniff((const unsigned char *)"ID3x", 4) == CMS_FMT_UNKNOWN, "sniff unknown");
+
+    cms_error_clear(&err);
+    cms_classify_status(401, "bad", -1, &err);
+    ok(err.kind == CMS_E_AUTH && !err.retryable && err.status == 401, "401 is auth, not retryable");
+    cms_classify_status(403, NULL, -1, &err);
+    ok(err.kind == CMS_E_AUTH && !err.retryable, "403 is auth, not retryable");
+    cms_classify_status(503, "", 7, &err);
+    ok(err.kind == CMS_E_HTTP && err.retryable && err.retry_after == 7, "503 is retryable");
+    cms_classify_status(500, "", -1, &err);
+    ok(err.kind == CMS_E_HTTP && !err.retryable, "500 is not retryable");
+    cms_error_clear(&err);
+    cms_classify_result(200, "1", "Record List is empty", &err);
+    ok(err.kind == CMS_E_API && !err.retryable && strcmp(err.result_code, "1") == 0,
+       "resultCode 1 is api, not retryable");
+    cms_error_clear(&err);
+    cms_classify_result(200, "0300008", "flow", &err);
+    ok(err.kind == CMS_E_API && err.retryable, "flow control is retryable");
+    cms_error_clear(&err);
+    cms_classify_result(200, "0", "ok", &err);
+    ok(err.kind == CMS_E_PROTOCOL, "resultCode 0 without a recording is protocol");
+}
+
+static void test_curl_kinds(void)
+{
+    ok(cms_curl_error_kind(CURLE_OPERATION_TIMEDOUT) == CMS_E_TIMEOUT, "timeout kind");
+    ok(cms_curl_error_kind(CURLE_PEER_FAILED_VERIFICATION) == CMS_E_TLS, "tls kind");
+    ok(cms_curl_error_kind(CURLE_COULDNT_CONNECT) == CMS_E_NETWORK, "network kind");
+    ok(strcmp(cms_error_kind_name(CMS_E_PROTOCOL), "protocol") == 0, "kind names");
+}
+
+int main(void)
+{
+    test_vectors();
+    test_sign_rejects();
+    test_normalize();
+    test_request();
+    test_suggest();
+    test_classify();
+    test_curl_kinds();
+    printf("1..%d\n", count);
+    return failed ? 1 : 0;
+}
