@@ -963,6 +963,7 @@ int luaopen_cmsrec(lua_State *L)
     };
     int i;
 
+    lua_settop(L, 0); /* drop require's arguments: index 1 is cjson below */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");
     lua_call(L, 1, 1); /* 1: cjson */

@@ -155,32 +155,33 @@ nomem:
     return cms_error_set(err, CMS_E_NOMEM, "out of memory while building the request body");
 }
 
-/* Levenshtein distance, capped: long names are never "near misses". */
+/* Edit distance counting a swap of neighbours as one edit (optimal string
+   alignment), capped: long names are never "near misses". */
 static size_t edit_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b), i, j;
-    size_t row[33];
+    size_t d[33][33];
 
     if (la > 32 || lb > 32)
         return (size_t)-1;
+    for (i = 0; i <= la; i++)
+        d[i][0] = i;
     for (j = 0; j <= lb; j++)
-        row[j] = j;
+        d[0][j] = j;
     for (i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
         for (j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            size_t best = diag + cost;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            if (up + 1 < best)
-                best = up + 1;
-            row[j] = best;
-            diag = up;
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
         }
     }
-    return row[lb];
+    return d[la][lb];
 }
 
 const char *cms_suggest(const char *name, const char *const *candidates, size_t n)
@@ -193,7 +194,7 @@ const char *cms_suggest(const char *name, const char *const *candidates, size_t 
         if (strcasecmp(name, candidates[i]) == 0)
             return candidates[i];
         d = edit_distance(name, candidates[i]);
-        if (d < best_d && d * 3 <= strlen(candidates[i])) {
+        if (d < best_d && (d <= 1 || d * 3 <= strlen(candidates[i]))) {
             best = candidates[i];
             best_d = d;
         }

@@ -1,0 +1,113 @@
+-- Shared by the specs: loads the module under test and runs the mock CMS.
+--
+-- CMSREC_CPATH picks the build to test (build/?.so by default, build/asan/?.so
+-- for the AddressSanitizer run). mock.start() runs test/mock_cms.py on
+-- loopback with a fresh CA in a temporary directory; mock.stop() ends it.
+local cjson = require "cjson"
+
+package.cpath = (os.getenv("CMSREC_CPATH") or "build/?.so") .. ";" .. package.cpath
+
+local H = {}
+
+H.AK = "mock-ak"
+H.SK = "mock-sk-0123456789abcdef"
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+H.read_file = read_file
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+H.capture = capture
+
+-- sha256 of a Lua string, computed by coreutils, independent of the module.
+function H.sha256(data)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+  local out = capture("sha256sum " .. path)
+  os.remove(path)
+  return out:match("^(%x+)")
+end
+
+local mock = {}
+H.mock = mock
+
+function mock.start()
+  assert(not mock.dir, "mock already running")
+  local dir = capture("mktemp -d /tmp/cmsrec-mock.XXXXXX"):gsub("%s+$", "")
+  assert(sh(("python3 test/mock_cms.py --state-dir %s --max-lifetime 900 >%s/out.log 2>&1 &")
+    :format(dir, dir)), "cannot start the mock CMS")
+  for _ = 1, 200 do
+    local ready = read_file(dir .. "/ready.json")
+    if ready and ready:match("}%s*$") then
+      local r = cjson.decode(ready)
+      -- lua-cjson decodes numbers as floats: make them integers
+      mock.dir, mock.pid = dir, ("%d"):format(r.pid)
+      mock.https_port, mock.http_port = ("%d"):format(r.https_port), ("%d"):format(r.http_port)
+      mock.ca = dir .. "/ca.pem"
+      mock.other_ca = dir .. "/other-ca.pem"
+      mock.url = "https://127.0.0.1:" .. mock.https_port
+      mock.http_url = "http://127.0.0.1:" .. mock.http_port
+      return mock
+    end
+    sh("sleep 0.05")
+  end
+  error("the mock CMS did not start: " .. (read_file(dir .. "/out.log") or "no log"))
+end
+
+function mock.stop()
+  if mock.pid then
+    sh("kill " .. mock.pid .. " 2>/dev/null")
+    sh("rm -rf " .. mock.dir)
+  end
+  mock.dir, mock.pid = nil, nil
+end
+
+function mock.ctl(...)
+  local args = table.concat({...}, " ")
+  return cjson.decode(capture(("python3 test/mockctl.py %s %s"):format(mock.dir, args)))
+end
+function mock.stats() return mock.ctl("stats") end
+function mock.reset() return mock.ctl("reset") end
+function mock.expect(call_id) return mock.ctl("expect", call_id) end
+
+-- A client configuration for the running mock; `extra` overrides keys.
+function H.config(extra)
+  local c = { base_url = mock.url, ak = H.AK, sk = H.SK, cafile = mock.ca, timeout = 20 }
+  for k, v in pairs(extra or {}) do
+    if v == false then c[k] = nil else c[k] = v end -- false removes a default
+  end
+  return c
+end
+
+-- A new client on the mock.
+function H.client(extra)
+  return require("cmsrec").new(H.config(extra))
+end
+
+-- Every string value of an error table, and its tostring, must not hold the SK.
+-- (Plain assert: busted's assert lives in the spec files' environment.)
+function H.assert_no_secret(err)
+  assert(not tostring(err):find(H.SK, 1, true), "the SK leaked into tostring(err)")
+  for k, v in pairs(err) do
+    assert(type(v) ~= "string" or not v:find(H.SK, 1, true), "the SK leaked into err." .. k)
+  end
+end
+
+return H
