@@ -70,18 +70,16 @@ describe("cmsrec.new", function()
   end)
 
   it("reads CMSREC_AK and CMSREC_SK from the environment", function()
-    local out = H.capture([[CMSREC_AK=env-ak CMSREC_SK=env-sk ]] ..
-      [[lua5.4 -e 'package.cpath="]] .. package.cpath .. [["; ]] ..
-      [[print(require("cmsrec").new{base_url="https://h:1"})' 2>&1]])
+    local out = H.run_lua([[print(require("cmsrec").new{base_url="https://h:1"})]],
+      "CMSREC_AK=env-ak CMSREC_SK=env-sk")
     assert.matches("ak env%-ak", out)
-    out = H.capture([[env -u CMSREC_AK -u CMSREC_SK lua5.4 -e 'package.cpath="]] .. package.cpath ..
-      [["; print(pcall(require("cmsrec").new, {base_url="https://h:1"}))' 2>&1]])
+    out = H.run_lua([[print(pcall(require("cmsrec").new, {base_url="https://h:1"}))]],
+      "env -u CMSREC_AK -u CMSREC_SK")
     assert.matches("option 'ak' is required %(or set CMSREC_AK%)", out)
   end)
 
   it("warns loudly on stderr when TLS verification is turned off", function()
-    local out = H.capture([[lua5.4 -e 'package.cpath="]] .. package.cpath .. [["; ]] ..
-      [[require("cmsrec").new{base_url="https://h:1", ak="a", sk="s", insecure=true}' 2>&1]])
+    local out = H.run_lua([[require("cmsrec").new{base_url="https://h:1", ak="a", sk="s", insecure=true}]])
     assert.matches("WARNING: TLS certificate verification is disabled", out)
   end)
 

@@ -12,8 +12,11 @@ local H = {}
 H.AK = "mock-ak"
 H.SK = "mock-sk-0123456789abcdef"
 
+-- Child processes must not inherit the AddressSanitizer preload of the asan run.
+local CLEAN_ENV = os.getenv("LD_PRELOAD") and "env -u LD_PRELOAD " or ""
+
 local function sh(cmd)
-  local ok = os.execute(cmd)
+  local ok = os.execute(CLEAN_ENV .. cmd)
   return ok == true or ok == 0
 end
 
@@ -26,13 +29,21 @@ local function read_file(path)
 end
 H.read_file = read_file
 
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
+local function capture(cmd, keep_env)
+  local p = assert(io.popen((keep_env and "" or CLEAN_ENV) .. cmd, "r"))
   local out = p:read("*a")
   p:close()
   return out
 end
 H.capture = capture
+
+-- Run a Lua chunk in a new interpreter that loads the same build of cmsrec
+-- (same cpath, same sanitizer preload); `env` is a prefix such as "X=1".
+function H.run_lua(code, env)
+  local cmd = ("%s %s -e %q 2>&1"):format(env or "", os.getenv("CMSREC_LUA") or "lua5.4",
+    ("package.cpath = %q; %s"):format(package.cpath, code))
+  return capture(cmd, true)
+end
 
 -- sha256 of a Lua string, computed by coreutils, independent of the module.
 function H.sha256(data)

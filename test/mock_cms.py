@@ -1,0 +1,641 @@
+#!/usr/bin/env python3
+"""Mock Huawei CC-CMS recording-download server for the cmsrec test suite.
+
+Usage: python3 test/mock_cms.py --state-dir DIR [--ak AK] [--sk SK]
+                                [--max-lifetime SECONDS] [--self-test]
+
+On start it writes DIR/{ca,server,other-ca}.{pem,key} (EC P-256, openssl CLI),
+listens on 127.0.0.1:0 for HTTPS and for plain HTTP (same handler), then
+writes DIR/ready.json {"https_port","http_port","pid","ak","ca"}. It logs one
+line per request to DIR/server.log and exits on SIGTERM/SIGINT or after
+--max-lifetime seconds (default 600). --self-test checks the auth-v2 signer
+against vectors V1-V3 of cms-protocol.md and exits.
+
+API: POST <any prefix>/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile,
+auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
+
+  callID            answer
+  ----------------  ---------------------------------------------------------
+  <digits>-<digits> WAV of 160044 bytes, same bytes as wav-160044
+  wav-N             WAV, exactly N bytes (N >= 44): 44-byte A-law/8 kHz/mono
+                    header + deterministic pseudo-random data; Content-Length
+  chunked-N         same bytes as wav-N, Transfer-Encoding: chunked (16 KiB)
+  zip-K             ZIP (deflated) of rec_1.wav..rec_K.wav, member i = wav-(10000+i)
+  unknown-N         N deterministic bytes starting with "ID3" (N >= 3)
+  notfound          200 text/plain {"resultData":"","resultCode":"1",...empty}
+  flow              200 JSON resultCode 0300008 (flow control)
+  param             200 JSON resultCode 0100003 (parameter error)
+  ok-json           200 JSON resultCode 0 but no recording
+  badjson           200 truncated JSON
+  emptybody         200 with Content-Length 0
+  auth-401          401 JSON resultCode 0100001 "token expired"
+  auth-403          403 Spring-style JSON (IP locked)
+  http-C            status C (300-599), {"error":"mock C"} (304: empty); Retry-After: 7
+                    for 429/503; Location https://127.0.0.1:<https port>/elsewhere
+                    for 301/302/303/307/308
+  bigerror          500 with 5 MiB of "x" (Content-Length set)
+  drop-N            wav-N headers, first N//2 bytes, then abrupt close
+  stall-S           Content-Length 100000, 1000 bytes, sleep S (<= 30) s, close
+  slowheaders-S     sleep S (<= 30) s, then the notfound answer
+  anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
+                    zip-K outside 1..1000, N > 2**32)
+
+Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
+of the success body of ID), /_mock/reset.
+"""
+import argparse
+import datetime
+import difflib
+import hashlib
+import hmac
+import io
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import ssl
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, unquote_to_bytes
+
+API_SUFFIX = "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
+JSON_CT = "application/json;charset=UTF-8"
+NOTFOUND = b'{"resultData":"","resultCode":"1","resultDesc":"Record List is empty"}'
+BLOCK = 64 * 1024          # generation block (fixed: keeps the byte stream deterministic)
+CHUNK = 16 * 1024          # Transfer-Encoding chunk size
+MAX_BODY = 1 << 32         # wav-N / unknown-N above this are treated as "anything else"
+MAX_REQUEST = 1 << 20      # largest request body accepted
+TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
+SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
+NUM_RE = re.compile(r"\d+(\.\d+)?", re.ASCII)
+
+
+def result(code, desc):
+    return {"resultCode": code, "resultDesc": desc, "resultData": ""}
+
+
+FIXED = {  # callID -> (status, body, content type)
+    "notfound": (200, NOTFOUND, "text/plain"),
+    "flow": (200, result("0300008", "Flow control: too many requests"), JSON_CT),
+    "param": (200, result("0100003", "Parameter error"), JSON_CT),
+    "ok-json": (200, result("0", "success"), JSON_CT),
+    "badjson": (200, b'{"resultCode": "1", "resu', JSON_CT),
+    "emptybody": (200, b"", JSON_CT),
+    "auth-401": (401, result("0100001", "Authentication failed: token expired"), JSON_CT),
+}
+
+# ---------------------------------------------------------------- auth-v2 signer
+
+
+def normalize(data):
+    """UTF-8 bytes; keep A-Z a-z 0-9 - . _ ~; every other byte as %XX (upper hex)."""
+    return quote(data, safe="")
+
+
+def canonical_request(method, path, query, signed, headers, body):
+    """query: [(key, value)], signed: sorted lowercase names, headers: {name: value}."""
+    lines = [method.upper(), path]
+    if query:
+        lines.append("&".join(sorted(f"{normalize(k)}={normalize(v)}" for k, v in query)))
+    lines.append(";".join(signed))
+    lines.append("\n".join(sorted(f"{normalize(h)}:{normalize(headers[h].strip())}"
+                                  for h in signed)))
+    return "\n".join(lines) + "\n" + normalize(body)
+
+
+def sign(ak, sk, timestamp, signed_headers, canonical):
+    """Return (SigningKey, signature), both lowercase hex."""
+    prefix = f"auth-v2/{ak}/{timestamp}/{signed_headers}"
+    key = hmac.new(sk.encode(), prefix.encode(), hashlib.sha256).hexdigest()
+    return key, hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def self_test():
+    ak, sk, ts = "globalaktest", "example-sk-0123456789", "2024-10-31T14:06:52Z"
+    path, body = "/rest/cmsapp/v1/ping", b'{"say": "Hello world!"}'
+    hdrs = {"host": "10.22.26.181:28080", "content-length": "23",
+            "content-type": "application/json;charset=UTF-8"}
+    three = ["content-length", "content-type", "host"]
+    c1 = canonical_request("POST", path, [], three, hdrs, body)
+    k1, s1 = sign(ak, sk, ts, ";".join(three), c1)
+    c2 = canonical_request("POST", path, [], ["host"], hdrs, body)
+    s2 = sign(ak, sk, ts, "host", c2)[1]
+    c3 = canonical_request("GET", path, [("b", "x y"), ("a", "1/2")], ["host"], hdrs, b"")
+    s3 = sign(ak, sk, ts, "host", c3)[1]
+    body_n = "%7B%22say%22%3A%20%22Hello%20world%21%22%7D"
+    checks = [
+        ("V1 canonical request", c1, "POST\n/rest/cmsapp/v1/ping\ncontent-length;content-type;host\n"
+         "content-length:23\ncontent-type:application%2Fjson%3Bcharset%3DUTF-8\n"
+         "host:10.22.26.181%3A28080\n" + body_n),
+        ("V1 SigningKey", k1, "bb0c4d2407684a18485b7018d70a5ebdc2c895ffa7d24ff9465e9dcc2fa7bb0f"),
+        ("V1 Authorization", f"auth-v2/{ak}/{ts}/{';'.join(three)}/{s1}",
+         "auth-v2/globalaktest/2024-10-31T14:06:52Z/content-length;content-type;host/"
+         "151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a"),
+        ("V2 canonical request", c2,
+         "POST\n/rest/cmsapp/v1/ping\nhost\nhost:10.22.26.181%3A28080\n" + body_n),
+        ("V2 signature", s2, "e77feacaa3781f9f4b7b391abc2cf2fb75677908c26de4cfa787c2cfb49c2487"),
+        ("V3 canonical request", c3,
+         "GET\n/rest/cmsapp/v1/ping\na=1%2F2&b=x%20y\nhost\nhost:10.22.26.181%3A28080\n"),
+        ("V3 signature", s3, "bf9b5078cf12b5efd40b94a325e2297f2b94adeba6bcdfa9e5cbad643784bed0"),
+    ]
+    failed = [(name, got, want) for name, got, want in checks if got != want]
+    for name, got, want in failed:
+        print(f"self-test FAILED: {name}")
+        sys.stdout.writelines(difflib.unified_diff(
+            (want + "\n").splitlines(True), (got + "\n").splitlines(True), "expected", "got"))
+        print()
+    if failed:
+        return 1
+    print("self-test ok")
+    return 0
+
+# ---------------------------------------------------------------- response bodies
+
+
+def wav_header(n):
+    data = n - 44
+    return (b"RIFF" + struct.pack("<I", min(n - 8, 0xFFFFFFFF)) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 6, 1, 8000, 8000, 1, 8)
+            + b"data" + struct.pack("<I", min(data, 0xFFFFFFFF)))
+
+
+def prng(seed, n):
+    """n deterministic pseudo-random bytes, in BLOCK-sized pieces."""
+    rnd = random.Random(seed)
+    while n > 0:
+        piece = rnd.randbytes(min(BLOCK, n))
+        n -= len(piece)
+        yield piece
+
+
+def wav_pieces(n):
+    yield wav_header(n)
+    yield from prng(f"wav-{n}", n - 44)
+
+
+def unknown_pieces(n):
+    yield b"ID3"
+    yield from prng(f"unknown-{n}", n - 3)
+
+
+def wav_bytes(n):
+    return b"".join(wav_pieces(n))
+
+
+@lru_cache(maxsize=8)
+def zip_bytes(k):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(1, k + 1):
+            info = zipfile.ZipInfo(f"rec_{i}.wav", date_time=(2024, 10, 31, 14, 6, 52))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            zf.writestr(info, wav_bytes(10000 + i))
+    return buf.getvalue()
+
+
+def success_body(cid):
+    """(size, content type, pieces factory) of the success body of cid, or None."""
+    if re.fullmatch(r"\d+-\d+", cid, re.ASCII):
+        return 160044, "application/octet-stream", lambda: wav_pieces(160044)
+    kind, _, arg = cid.partition("-")
+    if not (arg.isascii() and arg.isdigit()):
+        return None
+    n = int(arg)
+    if kind in ("wav", "chunked", "drop") and 44 <= n <= MAX_BODY:
+        return n, "application/octet-stream", lambda: wav_pieces(n)
+    if kind == "unknown" and 3 <= n <= MAX_BODY:
+        return n, "application/octet-stream", lambda: unknown_pieces(n)
+    if kind == "zip" and 1 <= n <= 1000:
+        return len(zip_bytes(n)), "application/zip", lambda: iter([zip_bytes(n)])
+    return None
+
+# ---------------------------------------------------------------- shared state
+
+
+class State:
+    def __init__(self, ak, sk, log_path):
+        self.ak, self.sk, self.https_port = ak, sk, 0
+        self.lock = threading.Lock()
+        self.log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+        self.expect_cache = {}
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.requests = self.connections = self.auth_failures = 0
+            self.last = None
+
+    def count_connection(self):
+        with self.lock:
+            self.connections += 1
+
+    def record(self, handler, body, cid, err, canon, checked=True):
+        last = {"method": handler.command, "path": handler.target,
+                "headers": {}, "body": body.decode("utf-8", "replace"),
+                "auth_ok": checked and err is None, "auth_error": err,
+                "callID": cid, "canonical_request": canon}
+        for name, value in handler.headers.items():
+            name = name.lower()
+            last["headers"][name] = (last["headers"][name] + ", " + value
+                                     if name in last["headers"] else value)
+        with self.lock:
+            self.requests += 1
+            self.auth_failures += checked and err is not None
+            self.last = last
+
+    def snapshot(self):
+        with self.lock:
+            return {"requests": self.requests, "connections": self.connections,
+                    "auth_failures": self.auth_failures, "last": self.last}
+
+    def log(self, line):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        line = ascii(line)[1:-1]  # one line, printable
+        with self.lock:
+            if not self.log_file.closed:
+                self.log_file.write(f"{stamp}Z {line}\n")
+
+    def expect(self, cid):
+        if cid in self.expect_cache:
+            return self.expect_cache[cid]
+        body = success_body(cid)
+        if body is None:
+            return None
+        digest = hashlib.sha256()
+        for piece in body[2]():
+            digest.update(piece)
+        ans = self.expect_cache[cid] = {"size": body[0], "sha256": digest.hexdigest()}
+        return ans
+
+# ---------------------------------------------------------------- HTTP
+
+
+class MockServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, state, scheme, ssl_ctx=None):
+        self.state, self.scheme, self.ssl_ctx = state, scheme, ssl_ctx
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def server_bind(self):  # skip HTTPServer's slow getfqdn() lookup
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        self.state.count_connection()
+        if self.ssl_ctx:  # TLS handshake happens later, in the handler thread
+            sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        self.state.log(f"{self.scheme} connection {client_address[0]}:{client_address[1]} "
+                       f"error: {type(exc).__name__}: {exc}")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "MockCMS/1.0"
+    timeout = 60  # idle keep-alive / slow request bodies
+    disable_nagle_algorithm = True
+
+    def setup(self):
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
+    def log_request(self, code="-", size="-"):
+        self._status = int(code) if isinstance(code, int) else code
+
+    def log_message(self, fmt, *args):
+        self.server.state.log(f"{self.server.scheme} {fmt % args}")
+
+    def do_GET(self):
+        self._status, self._cid, self._note, self._body_read = "-", None, "", False
+        # self.path has leading "//" collapsed by http.server: use the raw request target
+        self.target = self.requestline.split()[1]
+        path = self.target.split("?", 1)[0]
+        try:
+            if path.startswith("/_mock/"):
+                self._control(path)
+            elif not path.endswith(API_SUFFIX):
+                self._reply(404, {"error": "not found"})
+            elif self.command != "POST":
+                self._reply(405, {"error": "method not allowed"}, headers={"Allow": "POST"})
+            else:
+                self._api(path)
+        except OSError as exc:  # includes ssl.SSLError, BrokenPipeError, TimeoutError
+            self.close_connection = True
+            self._note = f" ({type(exc).__name__}: {exc})"
+        finally:
+            cid = "-" if self._cid is None else json.dumps(self._cid)
+            self.server.state.log(f"{self.server.scheme} {self.command} {self.target} "
+                                  f"callID={cid} status={self._status}{self._note}")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
+
+    # -- helpers
+
+    def _reply(self, code, body=b"", ctype=JSON_CT, headers=None, close=False):
+        if isinstance(body, dict):
+            body = json.dumps(body, separators=(",", ":")).encode()
+        if not self._body_read and ("Transfer-Encoding" in self.headers
+                                    or self.headers.get("Content-Length", "0").strip() != "0"):
+            close = True  # unread request body: the connection cannot be reused
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _stream(self, size, ctype, pieces, chunked=False, limit=None, code=200):
+        """Send a body given as an iterable of bytes; stop after limit bytes if set."""
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        sent, pending = 0, b""
+        for piece in pieces:
+            if limit is not None:
+                piece = piece[:limit - sent]
+            sent += len(piece)
+            if not chunked:
+                self.wfile.write(piece)
+            else:  # re-cut the pieces into CHUNK-sized chunks
+                pending += piece
+                while len(pending) >= CHUNK:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (CHUNK, pending[:CHUNK]))
+                    pending = pending[CHUNK:]
+            if limit is not None and sent >= limit:
+                break
+        if chunked:
+            if pending:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(pending), pending))
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _abort(self):
+        """Close the TCP connection without a clean TLS/HTTP ending."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.connection.close()
+
+    # -- control endpoints
+
+    def _control(self, path):
+        state = self.server.state
+        if self.command != "GET":
+            return self._reply(405, {"error": "method not allowed"}, headers={"Allow": "GET"})
+        if path == "/_mock/stats":
+            return self._reply(200, state.snapshot())
+        if path == "/_mock/reset":
+            state.reset()
+            return self._reply(200, {"ok": True})
+        if path == "/_mock/expect":
+            query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+            self._cid = query.get("callID", [""])[0]
+            ans = state.expect(self._cid)
+            if ans is None:
+                return self._reply(404, {"error": "no success body for this callID"})
+            return self._reply(200, ans)
+        return self._reply(404, {"error": "not found"})
+
+    # -- the API
+
+    def _api(self, path):
+        state = self.server.state
+        length = self.headers.get("Content-Length", "").strip()
+        if "Transfer-Encoding" in self.headers or not length:
+            code = 411
+        elif not (length.isascii() and length.isdigit()):
+            code = 400
+        else:
+            code = 413 if int(length) > MAX_REQUEST else None
+        if code:
+            state.record(self, b"", None, f"not checked (HTTP {code})", None, checked=False)
+            return self._reply(code, {"error": "Content-Length (<= 1 MiB) required"}, close=True)
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            state.record(self, body, None, "not checked (body truncated)", None, checked=False)
+            self.close_connection, self._note = True, " (request body truncated)"
+            return
+        self._body_read = True
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        cid = obj.get("callID") if isinstance(obj, dict) else None
+        self._cid = cid if isinstance(cid, str) else None
+        err, canon = self._verify(body)
+        state.record(self, body, self._cid, err, canon)
+        if err:
+            self._note = f" (auth: {err})"
+            return self._reply(401, result("0100001", f"Authentication failed: {err}"))
+        if self._cid is None:
+            return self._reply(200, result("0100003", "Parameter error: callID"))
+        self._answer(self._cid, path)
+
+    def _verify(self, body):
+        """Check the auth-v2 Authorization header: (error or None, canonical request)."""
+        state = self.server.state
+        auth = self.headers.get_all("Authorization") or []
+        if len(auth) != 1:
+            return ("duplicate" if auth else "missing") + " Authorization header", None
+        parts = auth[0].strip().split("/")
+        if len(parts) != 5 or parts[0] != "auth-v2":
+            return "malformed Authorization header", None
+        _, ak, stamp, signed, sig = parts
+        if ak != state.ak:
+            return "unknown AK", None
+        try:
+            if not TS_RE.fullmatch(stamp):
+                raise ValueError
+            datetime.datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            return "bad timestamp", None
+        names = signed.split(";")
+        if not all(HDR_RE.fullmatch(h) for h in names) or names != sorted(set(names)):
+            return "bad SignedHeaders (want lowercase, sorted, unique)", None
+        if "host" not in names:
+            return "SignedHeaders must include host", None
+        values = {}
+        for name in names:
+            got = self.headers.get_all(name) or []
+            if len(got) != 1:
+                return f"signed header {'duplicate' if got else 'missing'}: {name}", None
+            values[name] = got[0].encode("latin-1")  # the raw bytes received
+        if "content-length" in values and values["content-length"].strip() != b"%d" % len(body):
+            return "content-length does not match the body", None
+        raw_path, _, qs = self.target.partition("?")
+        query = [(unquote_to_bytes(k), unquote_to_bytes(v))
+                 for k, _, v in (p.partition("=") for p in qs.split("&") if p)]
+        canon = canonical_request(self.command, raw_path, query, names, values, body)
+        if not SIG_RE.fullmatch(sig):
+            return "malformed signature (want 64 lowercase hex)", canon
+        want = sign(state.ak, state.sk, stamp, signed, canon)[1]
+        if not hmac.compare_digest(want.encode(), sig.encode()):
+            return "signature mismatch", canon
+        return None, canon
+
+    def _answer(self, cid, path):
+        kind, _, arg = cid.partition("-")
+        num = float(arg) if NUM_RE.fullmatch(arg) else None
+        if cid in FIXED:
+            return self._reply(*FIXED[cid])
+        if cid == "auth-403":
+            return self._reply(403, {
+                "timestamp": "2024-10-31T14:06:52.000+00:00", "status": 403, "error": "Forbidden",
+                "message": "IP locked after repeated authentication failures", "path": path})
+        if cid == "bigerror":
+            return self._stream(5 << 20, "text/plain", [b"x" * (5 << 20)], code=500)
+        if kind == "http" and arg.isdigit() and 300 <= int(arg) <= 599:
+            code, headers = int(arg), {}
+            if code in (429, 503):
+                headers["Retry-After"] = "7"
+            if code in (301, 302, 303, 307, 308):
+                headers["Location"] = f"https://127.0.0.1:{self.server.state.https_port}/elsewhere"
+            return self._reply(code, b"" if code == 304 else {"error": f"mock {code}"},
+                               headers=headers)
+        if kind == "stall" and num is not None:
+            self._stream(100000, "application/octet-stream", wav_pieces(100000), limit=1000)
+            time.sleep(min(num, 30))
+            return self._abort()
+        if kind == "slowheaders" and num is not None:
+            time.sleep(min(num, 30))
+            return self._reply(*FIXED["notfound"])
+        body = success_body(cid)
+        if body is None:
+            return self._reply(*FIXED["notfound"])
+        size, ctype, pieces = body
+        if kind == "drop":
+            self._stream(size, ctype, pieces(), limit=size // 2)
+            return self._abort()
+        self._stream(size, ctype, pieces(), chunked=(kind == "chunked"))
+
+# ---------------------------------------------------------------- startup
+
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = cmsrec mock
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
+def make_certs(d):
+    def p(name):
+        return os.path.join(d, name)
+
+    def run(*args):
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"mock_cms: openssl {args[0]} failed: {proc.stderr.strip()}")
+
+    with open(p("openssl.cnf"), "w") as f:
+        f.write(OPENSSL_CNF)
+    for name in ("ca", "other-ca", "server"):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-out", p(name + ".key"))
+    for name, cn in (("ca", "cmsrec mock CA"), ("other-ca", "cmsrec unrelated CA")):
+        run("req", "-x509", "-new", "-config", p("openssl.cnf"), "-extensions", "v3_ca",
+            "-key", p(name + ".key"), "-subj", "/CN=" + cn, "-days", "3650", "-sha256",
+            "-set_serial", str(secrets.randbits(100)), "-out", p(name + ".pem"))
+    run("req", "-new", "-config", p("openssl.cnf"), "-key", p("server.key"),
+        "-subj", "/CN=localhost", "-out", p("server.csr"))
+    run("x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
+        "-extfile", p("openssl.cnf"), "-extensions", "v3_server", "-out", p("server.pem"))
+    for name in ("server.csr", "openssl.cnf"):
+        os.remove(p(name))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Mock Huawei CC-CMS recording download server")
+    ap.add_argument("--state-dir")
+    ap.add_argument("--ak", default="mock-ak")
+    ap.add_argument("--sk", default="mock-sk-0123456789abcdef")
+    ap.add_argument("--max-lifetime", type=float, default=600.0)
+    ap.add_argument("--self-test", action="store_true")
+    args = ap.parse_args(argv)
+    if args.self_test:
+        return self_test()
+    if not args.state_dir:
+        ap.error("--state-dir is required")
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    d = os.path.abspath(args.state_dir)
+    os.makedirs(d, exist_ok=True)
+    ready = os.path.join(d, "ready.json")
+    if os.path.exists(ready):
+        os.remove(ready)  # stale file from an earlier run
+    make_certs(d)
+
+    state = State(args.ak, args.sk, os.path.join(d, "server.log"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
+    servers = [MockServer(state, "https", ctx), MockServer(state, "http")]
+    state.https_port = servers[0].server_address[1]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True).start()
+    info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
+            "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
+    with open(ready + ".tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(ready + ".tmp", ready)
+    state.log(f"ready https={info['https_port']} http={info['http_port']} pid={info['pid']}")
+
+    reason = "signal" if stop.wait(args.max_lifetime) else "max lifetime reached"
+    state.log(f"exiting: {reason}")
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+    with state.lock:
+        state.log_file.close()
+    try:
+        os.remove(ready)
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

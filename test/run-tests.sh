@@ -1,0 +1,58 @@
+#!/bin/sh
+# Runs every test suite and ends with one line: "N passed, N failed, N skipped".
+#
+# Suites (SUITES to choose, default all):
+#   unit      C unit tests of src/ (ASan/UBSan build), no Lua, no network
+#   busted    the specs against build/cmsrec.so and the mock CMS
+#   asan      the same specs against build/asan/cmsrec.so under AddressSanitizer
+#   luarocks  `luarocks make --deps-mode=none` into a scratch tree, then a download
+# Each suite prints TAP; a suite that dies without reporting counts as one failure.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+SUITES=${SUITES:-"unit busted asan luarocks"}
+LUA=${LUA:-lua5.4}
+log=$(mktemp -d /tmp/cmsrec-tests.XXXXXX)
+trap 'rm -rf "$log"' EXIT INT TERM
+passed=0 failed=0 skipped=0
+
+run_suite() {
+    name=$1
+    shift
+    echo "== $name"
+    "$@" >"$log/$name.tap" 2>"$log/$name.err"
+    rc=$?
+    cat "$log/$name.tap"
+    p=$(grep -c '^ok ' "$log/$name.tap" | tr -d ' ')
+    s=$(grep -c '^ok .*# SKIP' "$log/$name.tap" | tr -d ' ')
+    f=$(grep -c '^not ok ' "$log/$name.tap" | tr -d ' ')
+    p=$((p - s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "not ok - suite '$name' exited $rc without reporting a failure"
+        f=1
+    fi
+    if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then
+        echo "-- stderr of $name (last 40 lines):"
+        tail -n 40 "$log/$name.err"
+    fi
+    echo "-- $name: $p passed, $f failed, $s skipped"
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+asan_lib=$(cc -print-file-name=libasan.so)
+ubsan_lib=$(cc -print-file-name=libubsan.so)
+for suite in $SUITES; do
+    case $suite in
+    unit) run_suite unit ./build/unit_core ;;
+    busted) run_suite busted env CMSREC_CPATH='build/?.so' busted --lua="$LUA" -o TAP spec/ ;;
+    asan)
+        # The interpreter is not instrumented: preload the runtimes. Leak
+        # checking is off because busted exits without closing its Lua state.
+        run_suite asan env CMSREC_CPATH='build/asan/?.so' LD_PRELOAD="$asan_lib $ubsan_lib" \
+            ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
+            busted --lua="$LUA" -o TAP spec/ ;;
+    luarocks) run_suite luarocks sh test/luarocks-install.sh ;;
+    *) echo "unknown suite '$suite'"; failed=$((failed + 1)) ;;
+    esac
+done
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
