@@ -6,13 +6,13 @@
 LUA        ?= lua5.4
 LUA_PC     ?= lua5.4
 CC         ?= cc
-PKGS        = $(LUA_PC) libcurl openssl
+PKGS        = $(LUA_PC) libcurl openssl libzip
 CFLAGS     ?= -O2 -g
 WARN        = -Wall -Wextra -Werror
 DEPCFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-DEPLIBS     = $(shell pkg-config --libs libcurl openssl 2>/dev/null)
+DEPLIBS     = $(shell pkg-config --libs libcurl openssl libzip 2>/dev/null)
 CORE_SRC    = src/cms_buf.c src/cms_error.c src/cms_sign.c src/cms_request.c \
-              src/cms_classify.c src/cms_transfer.c
+              src/cms_classify.c src/cms_transfer.c src/cms_sink.c src/cms_zip.c
 CORE_HDR    = $(wildcard src/*.h)
 MODULE_SRC  = lua_cmsrec.c $(CORE_SRC)
 ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

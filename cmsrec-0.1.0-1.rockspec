@@ -20,6 +20,7 @@ dependencies = {
 external_dependencies = {
    CURL = { header = "curl/curl.h", library = "curl" },
    OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
+   LIBZIP = { header = "zip.h", library = "zip" },
 }
 build = {
    type = "builtin",
@@ -33,10 +34,12 @@ build = {
             "src/cms_request.c",
             "src/cms_classify.c",
             "src/cms_transfer.c",
+            "src/cms_sink.c",
+            "src/cms_zip.c",
          },
-         libraries = { "curl", "crypto" },
-         incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+         libraries = { "curl", "crypto", "zip" },
+         incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(LIBZIP_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(LIBZIP_LIBDIR)" },
       },
    },
 }

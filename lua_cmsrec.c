@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -25,10 +26,13 @@
 #include "src/cms_error.h"
 #include "src/cms_request.h"
 #include "src/cms_sign.h"
+#include "src/cms_sink.h"
 #include "src/cms_transfer.h"
+#include "src/cms_zip.h"
 
 #define CMSREC_VERSION "0.1.0"
 #define CMSREC_DEFAULT_PATH "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
+#define CMSREC_DEFAULT_MAX_SIZE (1LL << 30) /* in-memory downloads: 1 GiB */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
@@ -48,6 +52,7 @@ typedef struct client {
     unsigned char *sk;  /* wiped with OPENSSL_cleanse on close */
     size_t sk_len;
     cms_transfer_config tc; /* its strings are owned here */
+    long long max_size; /* in-memory downloads */
     int signed_headers; /* SIGN_* flags */
     int has_authorization;
     int closed;
@@ -150,7 +155,7 @@ static int error_tostring(lua_State *L)
 static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
-    "authorization", "allow_http",
+    "authorization", "allow_http", "max_size",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -229,6 +234,34 @@ static long opt_seconds(lua_State *L, int idx, const char *what, const char *key
                       "(at most 30 days)", what, key);
     lua_pop(L, 1);
     return n * 1000 < 1 ? 1 : (long)(n * 1000);
+}
+
+/* Size in bytes: a positive integer (0 when absent). */
+static long long opt_size(lua_State *L, int idx, const char *what, const char *key)
+{
+    long long v;
+    lua_getfield(L, idx, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    v = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : 0;
+    if (v <= 0)
+        luaL_error(L, "%s: option '%s' must be a positive integer (bytes)", what, key);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_function(lua_State *L, int idx, const char *what, const char *key)
+{
+    lua_getfield(L, idx, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_isfunction(L, -1))
+        luaL_error(L, "%s: option '%s' must be a function", what, key);
+    return lua_gettop(L); /* stays on the stack for the whole download */
 }
 
 static char *dup_or_raise(lua_State *L, const char *s, size_t n)
@@ -426,6 +459,9 @@ static int l_new(lua_State *L)
     c->tc.insecure = opt_boolean(L, 1, "cmsrec.new", "insecure");
     c->tc.timeout_ms = opt_seconds(L, 1, "cmsrec.new", "timeout");
     c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
+    c->max_size = opt_size(L, 1, "cmsrec.new", "max_size");
+    if (!c->max_size)
+        c->max_size = CMSREC_DEFAULT_MAX_SIZE;
     if (!c->tc.connect_timeout_ms)
         c->tc.connect_timeout_ms = 10000;
     config_url(L, 1, c);
@@ -485,6 +521,10 @@ typedef struct scratch {
     cms_signature sig;
     cms_response resp;
     struct curl_slist *headers;
+    cms_mem_sink mem;
+    cms_file_sink file;
+    cms_sha256 sha;     /* of what a Lua sink received */
+    cms_zip_list zip;
 } scratch;
 
 static int scratch_gc(lua_State *L)
@@ -495,19 +535,34 @@ static int scratch_gc(lua_State *L)
     cms_response_free(&s->resp);
     curl_slist_free_all(s->headers);
     s->headers = NULL;
+    cms_mem_sink_free(&s->mem);
+    cms_file_sink_close(&s->file); /* removes a temporary file left by a failure */
+    cms_sha256_free(&s->sha);
+    cms_zip_list_free(&s->zip);
     return 0;
 }
 
 static scratch *new_scratch(lua_State *L)
 {
     scratch *s = lua_newuserdata(L, sizeof *s);
+    memset(s, 0, sizeof *s);
     cms_buf_init(&s->body);
     cms_signature_init(&s->sig);
     cms_response_init(&s->resp);
-    s->headers = NULL;
+    cms_mem_sink_init(&s->mem, 0);
+    s->file.fd = -1;
+    cms_zip_list_init(&s->zip);
     luaL_getmetatable(L, SCRATCH_MT);
     lua_setmetatable(L, -2);
     return s;
+}
+
+/* Run scratch_gc now rather than at the next collection. */
+static void scratch_release(lua_State *L, int idx)
+{
+    lua_pushcfunction(L, scratch_gc);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 0);
 }
 
 /* Escaper for cms_request_build: lua-cjson encodes the string. */
@@ -710,16 +765,16 @@ static const char *json_text(lua_State *L, const char *key, char *out, size_t ca
     return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
 }
 
-static int classify_response(lua_State *L, int cjson, const cms_response *r,
-                             cms_error *err)
+/* An answer that is not a recording (resp->sunk == 0): always an error. */
+static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_error *err)
 {
     cms_format fmt = cms_sniff((const unsigned char *)r->body.data, r->body.len);
-    int top = lua_gettop(L), rc = 0;
+    int top = lua_gettop(L);
+    char code[32] = "", desc[256] = "";
 
     if (r->status / 100 != 2) {
         char excerpt[160];
         const char *detail = excerpt;
-        char code[32] = "", desc[256] = "";
         body_excerpt(&r->body, excerpt, sizeof excerpt);
         if (fmt == CMS_FMT_JSON && !r->truncated && decode_json(L, cjson, &r->body)) {
             /* CMS results, Spring errors ({message, error}) and gateways */
@@ -733,44 +788,106 @@ static int classify_response(lua_State *L, int cjson, const cms_response *r,
         cms_classify_status(r->status, detail, r->retry_after, err);
         cms_strlcpy(err->result_code, code, sizeof err->result_code);
         cms_strlcpy(err->result_desc, desc, sizeof err->result_desc);
-        rc = -1;
     } else if (r->body.len == 0) {
         cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with an empty body",
                       r->status);
-        err->status = r->status;
-        rc = -1;
-    } else if (fmt == CMS_FMT_JSON) {
-        char code[32], desc[256];
-        if (decode_json(L, cjson, &r->body))
-            cms_classify_result(r->status, json_text(L, "resultCode", code, sizeof code),
-                                json_text(L, "resultDesc", desc, sizeof desc), err);
-        else
-            cms_error_set(err, CMS_E_PROTOCOL,
-                          "the CMS answered a body that starts like JSON but is not a "
-                          "JSON object (%zu bytes)", r->body.len);
-        err->status = r->status;
-        rc = -1;
+    } else if (!r->truncated && decode_json(L, cjson, &r->body)) {
+        cms_classify_result(r->status, json_text(L, "resultCode", code, sizeof code),
+                            json_text(L, "resultDesc", desc, sizeof desc), err);
+    } else {
+        cms_error_set(err, CMS_E_PROTOCOL,
+                      "the CMS answered a body that starts like JSON but is not a "
+                      "JSON object (%zu bytes%s)", r->body.len, r->truncated ? " or more" : "");
     }
+    err->status = r->status;
     lua_settop(L, top);
-    return rc;
+    return -1;
 }
 
-static int push_success(lua_State *L, const cms_response *r)
+/* What one download does with the recording; indices are stack slots or 0. */
+typedef struct dl_plan {
+    int req;            /* the request table */
+    const char *path;   /* download_file: the destination */
+    int sink;           /* opts.sink */
+    int on_progress;    /* opts.on_progress */
+    int unzip;
+    long long max_size; /* 0 = none */
+} dl_plan;
+
+typedef struct dl_ctx {
+    lua_State *L;
+    const dl_plan *plan;
+    scratch *s;
+    long long reported; /* last `received` given to on_progress, -1 before */
+} dl_ctx;
+
+static int lua_sink_begin(void *ud, long long total, cms_format fmt, cms_error *err)
 {
-    cms_format fmt = cms_sniff((const unsigned char *)r->body.data, r->body.len);
-
-    lua_pushlstring(L, r->body.data, r->body.len);
-    lua_createtable(L, 0, 5);
-    set_int_field(L, "status", r->status);
-    set_int_field(L, "bytes", (lua_Integer)r->body.len);
-    set_str_field(L, "content_type", r->content_type);
-    set_str_field(L, "format", cms_format_name(fmt));
-    lua_pushnumber(L, r->elapsed);
-    lua_setfield(L, -2, "elapsed");
-    return 2;
+    dl_ctx *d = ud;
+    (void)fmt;
+    if (d->plan->max_size > 0 && total > d->plan->max_size)
+        return cms_error_set(err, CMS_E_TOO_LARGE, "the recording is larger than max_size "
+                             "(%lld bytes): the server announced more", d->plan->max_size);
+    return 0;
 }
 
-static int download_steps(lua_State *L, client *c, scratch *s, cms_error *err)
+/* opts.sink(chunk): nil, msg or false aborts with kind io. */
+static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
+{
+    dl_ctx *d = ud;
+    lua_State *L = d->L;
+    int failed;
+
+    if (d->plan->max_size > 0 && d->s->resp.bytes + (long long)n > d->plan->max_size)
+        return cms_error_set(err, CMS_E_TOO_LARGE, "the recording is larger than max_size "
+                             "(%lld bytes)", d->plan->max_size);
+    if (cms_sha256_update(&d->s->sha, p, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    lua_pushvalue(L, d->plan->sink);
+    lua_pushlstring(L, p, n);
+    if (lua_pcall(L, 1, 2, 0) != 0) {
+        cms_error_set(err, CMS_E_IO, "the sink raised an error: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "(not a string)");
+        lua_pop(L, 1);
+        return -1;
+    }
+    failed = lua_type(L, -2) == LUA_TBOOLEAN ? !lua_toboolean(L, -2)
+                                              : lua_isnil(L, -2) && !lua_isnil(L, -1);
+    if (failed)
+        cms_error_set(err, CMS_E_IO, "the sink failed: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "it returned false");
+    lua_pop(L, 2);
+    return failed ? -1 : 0;
+}
+
+/* opts.on_progress(received, total|nil): false cancels. */
+static int lua_progress(void *ud, long long received, long long total, cms_error *err)
+{
+    dl_ctx *d = ud;
+    lua_State *L = d->L;
+    int cancel;
+
+    lua_pushvalue(L, d->plan->on_progress);
+    lua_pushinteger(L, (lua_Integer)received);
+    if (total >= 0)
+        lua_pushinteger(L, (lua_Integer)total);
+    else
+        lua_pushnil(L);
+    if (lua_pcall(L, 2, 1, 0) != 0) {
+        cms_error_set(err, CMS_E_CANCELLED, "on_progress raised an error: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "(not a string)");
+        lua_pop(L, 1);
+        return 1;
+    }
+    cancel = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    d->reported = received;
+    return cancel;
+}
+
+/* Validate, build the body, sign: everything before the network. */
+static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
+                           const char **call_id, cms_error *err)
 {
     cms_request req;
     char num[CMS_F__COUNT][32];
@@ -781,9 +898,14 @@ static int download_steps(lua_State *L, client *c, scratch *s, cms_error *err)
     esc.L = L;
     esc.cjson = CJSON_UPVALUE;
     cms_request_init(&req);
-    if (read_request(L, 2, &req, num, err) != 0 ||
+    if (read_request(L, req_idx, &req, num, err) != 0 ||
         cms_request_build(&req, json_escape, &esc, &s->body, err) != 0)
         return -1;
+    *call_id = req.value[CMS_F_CALLID]; /* a Lua string in the request table */
+    if (*call_id == num[CMS_F_CALLID]) {
+        lua_pushstring(L, num[CMS_F_CALLID]); /* keep a copy alive on the stack */
+        *call_id = lua_tostring(L, -1);
+    }
     snprintf(clen, sizeof clen, "%zu", s->body.len);
     if (c->has_authorization) {
         if (call_authorization(L, 1, c, s, clen, &auth, err) != 0)
@@ -793,32 +915,253 @@ static int download_steps(lua_State *L, client *c, scratch *s, cms_error *err)
             return -1;
         auth = s->sig.authorization.data;
     }
-    if (build_headers(s, c, auth, err) != 0 ||
-        cms_transfer_post(c->curl, &c->tc, c->url, s->headers, s->body.data,
-                          s->body.len, &s->resp, err) != 0)
-        return -1;
-    return classify_response(L, CJSON_UPVALUE, &s->resp, err);
+    return build_headers(s, c, auth, err);
 }
 
+/* Open the destination before anything is sent: a bad path costs no request. */
+static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
+                            cms_error *err)
+{
+    const dl_plan *p = d->plan;
+    scratch *s = d->s;
+
+    memset(io, 0, sizeof *io);
+    if (p->on_progress) {
+        io->progress = lua_progress;
+        io->progress_ud = d;
+    }
+    if (p->path) {
+        struct stat st;
+        if (p->unzip && (stat(p->path, &st) != 0 || !S_ISDIR(st.st_mode)))
+            return cms_error_field(err, "path", "unzip = true needs an existing directory, "
+                                   "and '%.200s' is not one", p->path);
+        if (cms_file_sink_open(&s->file, p->path, call_id, p->max_size, err) != 0)
+            return -1;
+        io->sink = cms_file_sink_callbacks(&s->file);
+    } else if (p->sink) {
+        if (cms_sha256_init(&s->sha) != 0)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        io->sink.begin = lua_sink_begin;
+        io->sink.write = lua_sink_write;
+        io->sink.ud = d;
+    } else {
+        cms_mem_sink_init(&s->mem, p->max_size);
+        io->sink = cms_mem_sink_callbacks(&s->mem);
+    }
+    return 0;
+}
+
+/* The recording arrived: put it in place (file, unzipped files, sink digest). */
+static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
+{
+    scratch *s = d->s;
+    cms_file_sink *f = &s->file;
+
+    if (d->plan->on_progress && d->reported != s->resp.bytes) {
+        cms_error ignored; /* the download is complete: a late "cancel" is moot */
+        lua_progress(d, s->resp.bytes, s->resp.total, &ignored);
+    }
+    if (d->plan->sink)
+        return cms_sha256_final_hex(&s->sha, sha_hex) == 0
+                   ? 0 : cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (!d->plan->path)
+        return 0;
+    if (d->plan->unzip && s->resp.format == CMS_FMT_ZIP) {
+        cms_zip_source src;
+        src.data = NULL;
+        src.len = 0;
+        src.path = f->tmp;
+        if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
+            return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+        memcpy(sha_hex, f->sha256, 65);
+        /* the archive stays a temporary file: cms_file_sink_close removes it */
+        return cms_zip_extract(&src, f->dir, d->plan->max_size, &s->zip, err);
+    }
+    if (cms_file_sink_commit(f, err) != 0)
+        return -1;
+    memcpy(sha_hex, f->sha256, 65);
+    return 0;
+}
+
+static int download_steps(lua_State *L, client *c, dl_ctx *d, char sha_hex[65],
+                          cms_error *err)
+{
+    scratch *s = d->s;
+    const char *call_id;
+    cms_transfer_io io;
+
+    if (prepare_request(L, c, s, d->plan->req, &call_id, err) != 0 ||
+        open_destination(d, call_id, &io, err) != 0 ||
+        cms_transfer_post(c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len,
+                          &io, &s->resp, err) != 0)
+        return -1;
+    if (!s->resp.sunk)
+        return classify_answer(L, CJSON_UPVALUE, &s->resp, err);
+    return finish_destination(d, sha_hex, err);
+}
+
+static void push_info(lua_State *L, const cms_response *r)
+{
+    lua_createtable(L, 0, 8);
+    set_int_field(L, "status", r->status);
+    set_int_field(L, "bytes", (lua_Integer)r->bytes);
+    set_str_field(L, "content_type", r->content_type);
+    set_str_field(L, "format", cms_format_name(r->format));
+    lua_pushnumber(L, r->elapsed);
+    lua_setfield(L, -2, "elapsed");
+}
+
+static void push_zip_list(lua_State *L, const cms_zip_list *l, int with_data)
+{
+    size_t i;
+
+    lua_createtable(L, (int)l->n, 0);
+    for (i = 0; i < l->n; i++) {
+        lua_createtable(L, 0, 3);
+        set_str_field(L, "name", l->items[i].name);
+        set_int_field(L, "size", (lua_Integer)l->items[i].size);
+        if (with_data)
+            lua_pushlstring(L, l->items[i].data, (size_t)l->items[i].size);
+        else
+            lua_pushstring(L, l->items[i].path);
+        lua_setfield(L, -2, with_data ? "data" : "path");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+}
+
+static const char *const download_opts[] = {"max_size", "on_progress"};
+static const char *const file_opts[] = {"max_size", "on_progress", "sink", "unzip"};
+
+/* Read the opts table at `idx` (may be none or nil) into `p`. */
+static void read_opts(lua_State *L, int idx, const char *what, const char *const *keys,
+                      size_t nkeys, dl_plan *p)
+{
+    if (lua_isnoneornil(L, idx))
+        return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    check_keys(L, idx, what, keys, nkeys);
+    p->max_size = opt_size(L, idx, what, "max_size");
+    p->on_progress = opt_function(L, idx, what, "on_progress");
+    if (nkeys > 2) {
+        p->sink = opt_function(L, idx, what, "sink");
+        p->unzip = opt_boolean(L, idx, what, "unzip");
+    }
+}
+
+/* Run the download described by `p`; the scratch is at `sidx`. */
+static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
+{
+    scratch *s = lua_touserdata(L, sidx);
+    char sha_hex[65] = "";
+    cms_error err;
+    dl_ctx d;
+    int base;
+
+    d.L = L;
+    d.plan = p;
+    d.s = s;
+    d.reported = -1;
+    cms_error_clear(&err);
+    if (download_steps(L, c, &d, sha_hex, &err) != 0) {
+        scratch_release(L, sidx);
+        return push_error(L, &err);
+    }
+    base = lua_gettop(L);
+    if (!p->path && !p->sink)
+        lua_pushlstring(L, s->mem.buf.data ? s->mem.buf.data : "", s->mem.buf.len);
+    push_info(L, &s->resp);
+    if (*sha_hex)
+        set_str_field(L, "sha256", sha_hex);
+    if (p->path && s->file.path)
+        set_str_field(L, "path", s->file.path);
+    if (p->unzip) {
+        if (s->zip.n || s->resp.format == CMS_FMT_ZIP)
+            push_zip_list(L, &s->zip, 0);
+        else { /* not a bundle: the one file, listed the same way */
+            const char *slash = strrchr(s->file.path, '/');
+            lua_createtable(L, 1, 0);
+            lua_createtable(L, 0, 3);
+            set_str_field(L, "name", slash ? slash + 1 : s->file.path);
+            set_int_field(L, "size", (lua_Integer)s->resp.bytes);
+            set_str_field(L, "path", s->file.path);
+            lua_rawseti(L, -2, 1);
+        }
+        lua_setfield(L, -2, "files");
+        set_str_field(L, "path", p->path);
+    }
+    scratch_release(L, sidx);
+    return lua_gettop(L) - base;
+}
+
+/* client:download(req[, opts]) -> data, info | nil, err */
 static int l_download(lua_State *L)
 {
     client *c = check_client(L, 1);
-    cms_error err;
-    scratch *s;
-    int n;
+    dl_plan p;
 
     luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_argcheck(L, lua_gettop(L) == 2, 3, "found too many arguments");
-    s = new_scratch(L); /* index 3 */
+    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
+    lua_settop(L, 3);
+    memset(&p, 0, sizeof p);
+    p.req = 2;
+    p.max_size = c->max_size;
+    read_opts(L, 3, "client:download", download_opts, 2, &p);
+    if (!p.max_size)
+        p.max_size = c->max_size;
+    new_scratch(L);
+    return run_download(L, c, &p, lua_gettop(L));
+}
+
+/* client:download_file(req, path[, opts]) -> info | nil, err */
+static int l_download_file(lua_State *L)
+{
+    client *c = check_client(L, 1);
+    dl_plan p;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= 4, 5, "found too many arguments");
+    lua_settop(L, 4);
+    memset(&p, 0, sizeof p);
+    p.req = 2;
+    p.path = luaL_optstring(L, 3, NULL);
+    read_opts(L, 4, "client:download_file", file_opts, 4, &p);
+    if (!p.path == !p.sink)
+        luaL_error(L, "client:download_file: give a path or opts.sink, %s",
+                   p.path ? "not both" : "one of them is required");
+    if (p.unzip && !p.path)
+        luaL_error(L, "client:download_file: opts.unzip needs a directory path");
+    new_scratch(L);
+    return run_download(L, c, &p, lua_gettop(L));
+}
+
+/* cmsrec.unzip(data_or_path[, dir]) -> members | nil, err */
+static int l_unzip(lua_State *L)
+{
+    size_t len;
+    const char *src_str = luaL_checklstring(L, 1, &len);
+    const char *dir = luaL_optstring(L, 2, NULL);
+    cms_zip_source src;
+    cms_error err;
+    scratch *s;
+    int rc;
+
+    luaL_argcheck(L, lua_gettop(L) <= 2, 3, "found too many arguments");
+    lua_settop(L, 2);
+    s = new_scratch(L);
+    /* bytes of an archive start with a ZIP signature; anything else is a path */
+    src.data = len >= 4 && memcmp(src_str, "PK", 2) == 0 ? src_str : NULL;
+    src.len = src.data ? len : 0;
+    src.path = src.data ? NULL : src_str;
     cms_error_clear(&err);
-    if (download_steps(L, c, s, &err) != 0)
-        n = push_error(L, &err);
-    else
-        n = push_success(L, &s->resp);
-    lua_pushcfunction(L, scratch_gc); /* free now rather than at the next GC */
-    lua_pushvalue(L, 3);
-    lua_call(L, 1, 0);
-    return n;
+    rc = dir ? cms_zip_extract(&src, dir, 0, &s->zip, &err)
+             : cms_zip_read(&src, 0, &s->zip, &err);
+    if (rc != 0) {
+        scratch_release(L, 3);
+        return push_error(L, &err);
+    }
+    push_zip_list(L, &s->zip, dir == NULL);
+    scratch_release(L, 3);
+    return 1;
 }
 
 /* cmsrec.download(config, req): new, download, close. */
@@ -951,6 +1294,7 @@ int luaopen_cmsrec(lua_State *L)
     };
     static const luaL_Reg client_methods[] = {
         {"download", l_download},
+        {"download_file", l_download_file},
         {"close", l_close},
         {NULL, NULL},
     };
@@ -959,6 +1303,7 @@ int luaopen_cmsrec(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"new", l_new},
         {"sign", l_sign},
+        {"unzip", l_unzip},
         {NULL, NULL},
     };
     int i;

@@ -20,7 +20,8 @@ describe("cmsrec.new", function()
   it("exposes the module facts", function()
     assert.equal("/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile", cmsrec.DEFAULT_PATH)
     assert.matches("^%d+%.%d+%.%d+$", cmsrec.VERSION)
-    assert.same({ "invalid", "api", "auth", "http", "network", "timeout", "tls", "protocol", "nomem" },
+    assert.same({ "invalid", "api", "auth", "http", "network", "timeout", "tls", "protocol", "io",
+      "cancelled", "too_large", "nomem" },
       cmsrec.kinds)
   end)
 

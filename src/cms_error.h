@@ -25,6 +25,9 @@
     X(TIMEOUT,  "timeout",  1) /* connect or transfer timeout                */  \
     X(TLS,      "tls",      0) /* certificate or handshake failure           */  \
     X(PROTOCOL, "protocol", 0) /* an answer that makes no sense              */  \
+    X(IO,       "io",       0) /* writing the file or the sink failed        */  \
+    X(CANCELLED, "cancelled", 0) /* on_progress returned false               */  \
+    X(TOO_LARGE, "too_large", 0) /* the body exceeds max_size                */  \
     X(NOMEM,    "nomem",    0) /* out of memory                              */
 
 typedef enum cms_error_kind {

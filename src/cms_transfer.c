@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_FAILED_INIT;
@@ -25,6 +26,10 @@ void cms_response_init(cms_response *r)
     r->status = 0;
     cms_buf_init(&r->body);
     r->truncated = 0;
+    r->sunk = 0;
+    r->format = CMS_FMT_UNKNOWN;
+    r->bytes = 0;
+    r->total = -1;
     r->content_type[0] = '\0';
     r->retry_after = -1;
     r->elapsed = 0;
@@ -36,13 +41,19 @@ void cms_response_free(cms_response *r)
     cms_response_init(r);
 }
 
+enum route { ROUTE_UNDECIDED, ROUTE_ANSWER, ROUTE_SINK };
+
 /* State shared by the callbacks of one transfer. */
 typedef struct transfer_ctx {
     CURL *h;
+    const cms_transfer_io *io;
     cms_response *resp;
+    cms_error *err;
+    enum route route;
     int started;        /* first body byte seen: status known */
-    int limit_hit;      /* we stopped an oversized error body on purpose */
-    int nomem;
+    int limit_hit;      /* we stopped an oversized answer on purpose */
+    int failed;         /* the sink or progress set err and aborted */
+    struct timespec last_progress;
 } transfer_ctx;
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
@@ -84,36 +95,112 @@ static void on_first_byte(transfer_ctx *ctx)
 
     ctx->started = 1;
     curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &ctx->resp->status);
-    /* A success body is the recording: allocate once when its size is known. */
-    if (ctx->resp->status / 100 == 2 &&
-        curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
-        cl > 0 && (unsigned long long)cl < (size_t)-1 / 2)
-        if (cms_buf_reserve(&ctx->resp->body, (size_t)cl) != 0)
-            ctx->nomem = 1;
+    if (ctx->resp->status / 100 != 2)
+        ctx->route = ROUTE_ANSWER;
+    else if (curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
+             cl >= 0)
+        ctx->resp->total = (long long)cl;
+}
+
+/* Sniff what was held back: a recording starts the sink, JSON stays here. */
+static int decide_route(transfer_ctx *ctx)
+{
+    cms_response *r = ctx->resp;
+    cms_buf *held = &r->body;
+
+    r->format = cms_sniff((const unsigned char *)held->data, held->len);
+    if (r->format == CMS_FMT_JSON || held->len == 0) {
+        ctx->route = ROUTE_ANSWER;
+        return 0;
+    }
+    ctx->route = ROUTE_SINK;
+    r->sunk = 1;
+    if (ctx->io->sink.begin(ctx->io->sink.ud, r->total, r->format, ctx->err) != 0 ||
+        ctx->io->sink.write(ctx->io->sink.ud, held->data, held->len, ctx->err) != 0)
+        return -1;
+    r->bytes = (long long)held->len;
+    cms_buf_free(held);
+    return 0;
+}
+
+static int keep_answer(transfer_ctx *ctx, const char *p, size_t len)
+{
+    cms_buf *body = &ctx->resp->body;
+
+    if (body->len + len > CMS_ERROR_BODY_MAX) {
+        /* keep what fits, then stop reading: answers are bounded */
+        cms_buf_append(body, p, CMS_ERROR_BODY_MAX - body->len);
+        ctx->resp->truncated = 1;
+        ctx->limit_hit = 1;
+        return -1;
+    }
+    if (cms_buf_append(body, p, len) != 0) {
+        cms_error_set(ctx->err, CMS_E_NOMEM, "out of memory while receiving the response");
+        ctx->failed = 1;
+        return -1;
+    }
+    return 0;
 }
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     transfer_ctx *ctx = ud;
-    cms_buf *body = &ctx->resp->body;
     size_t len = size * n;
 
     if (!ctx->started)
         on_first_byte(ctx);
-    if (ctx->nomem)
-        return 0;
-    if (ctx->resp->status / 100 != 2 && body->len + len > CMS_ERROR_BODY_MAX) {
-        /* keep what fits, then stop reading: error bodies are bounded */
-        cms_buf_append(body, p, CMS_ERROR_BODY_MAX - body->len);
-        ctx->resp->truncated = 1;
-        ctx->limit_hit = 1;
+    if (ctx->route == ROUTE_UNDECIDED) {
+        size_t want = CMS_SNIFF_BYTES - ctx->resp->body.len;
+        size_t take = len < want ? len : want;
+        if (keep_answer(ctx, p, take) != 0)
+            return 0;
+        p += take;
+        len -= take;
+        if (ctx->resp->body.len < CMS_SNIFF_BYTES)
+            return size * n;
+        if (decide_route(ctx) != 0) {
+            ctx->failed = 1;
+            return 0;
+        }
+    }
+    if (len == 0)
+        return size * n;
+    if (ctx->route == ROUTE_ANSWER)
+        return keep_answer(ctx, p, len) == 0 ? size * n : 0;
+    if (ctx->io->sink.write(ctx->io->sink.ud, p, len, ctx->err) != 0) {
+        ctx->failed = 1;
         return 0;
     }
-    if (cms_buf_append(body, p, len) != 0) {
-        ctx->nomem = 1;
+    ctx->resp->bytes += (long long)len;
+    return size * n;
+}
+
+static long ms_since(const struct timespec *t)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - t->tv_sec) * 1000L + (now.tv_nsec - t->tv_nsec) / 1000000L;
+}
+
+/* libcurl calls this often (and during stalls): report at a sensible rate. */
+static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    transfer_ctx *ctx = ud;
+
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    if (ctx->route != ROUTE_SINK || ms_since(&ctx->last_progress) < CMS_PROGRESS_INTERVAL_MS)
         return 0;
+    clock_gettime(CLOCK_MONOTONIC, &ctx->last_progress);
+    if (ctx->io->progress(ctx->io->progress_ud, ctx->resp->bytes, ctx->resp->total,
+                          ctx->err) != 0) {
+        if (ctx->err->kind == CMS_OK)
+            cms_error_set(ctx->err, CMS_E_CANCELLED, "the download was cancelled");
+        ctx->failed = 1;
+        return 1;
     }
-    return len;
+    return 0;
 }
 
 cms_error_kind cms_curl_error_kind(CURLcode rc)
@@ -210,6 +297,11 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     SET(CURLOPT_HEADERDATA, ctx);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, ctx);
+    if (ctx->io->progress) {
+        SET(CURLOPT_NOPROGRESS, 0L);
+        SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+        SET(CURLOPT_XFERINFODATA, ctx);
+    }
 #undef SET
     return rc;
 }
@@ -233,7 +325,7 @@ static int transport_error(CURLcode rc, const char *errbuf, const char *url,
 
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
                       struct curl_slist *headers, const char *body, size_t body_len,
-                      cms_response *resp, cms_error *err)
+                      const cms_transfer_io *io, cms_response *resp, cms_error *err)
 {
     char errbuf[CURL_ERROR_SIZE];
     transfer_ctx ctx;
@@ -241,7 +333,10 @@ int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
 
     memset(&ctx, 0, sizeof ctx);
     ctx.h = h;
+    ctx.io = io;
     ctx.resp = resp;
+    ctx.err = err;
+    clock_gettime(CLOCK_MONOTONIC, &ctx.last_progress);
     errbuf[0] = '\0';
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, &ctx, errbuf);
@@ -251,10 +346,12 @@ int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
     curl_easy_getinfo(h, CURLINFO_TOTAL_TIME, &resp->elapsed);
     if (!ctx.started)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
-    if (ctx.nomem)
-        return cms_error_set(err, CMS_E_NOMEM,
-                             "out of memory while receiving the response");
+    if (ctx.failed)
+        return -1;
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && ctx.limit_hit))
         return transport_error(rc, errbuf, url, err);
+    /* a body shorter than the sniffing window is decided at the end */
+    if (ctx.route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(&ctx) != 0)
+        return -1;
     return 0;
 }

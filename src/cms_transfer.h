@@ -7,7 +7,12 @@
  *
  * Safety defaults: TLS verification on, redirects never followed (the
  * Authorization header must not reach another host), https only unless
- * allow_http, error bodies (non-2xx) bounded to CMS_ERROR_BODY_MAX bytes.
+ * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes.
+ *
+ * Routing: the first CMS_SNIFF_BYTES of a 2xx body are held back and sniffed.
+ * A recording goes to the caller's sink (memory, file, Lua function); a JSON
+ * result (errors come with HTTP 200) or any non-2xx body stays in
+ * resp->body, bounded, so an error never reaches the sink.
  */
 #ifndef CMS_TRANSFER_H
 #define CMS_TRANSFER_H
@@ -15,6 +20,7 @@
 #include <curl/curl.h>
 
 #include "cms_buf.h"
+#include "cms_classify.h"
 #include "cms_error.h"
 
 #define CMS_ERROR_BODY_MAX (64 * 1024)
@@ -30,14 +36,39 @@ typedef struct cms_transfer_config {
     long connect_timeout_ms;  /* 0 = libcurl's default */
 } cms_transfer_config;
 
+/* Where a recording goes. begin() is called once, before the first write(). */
+typedef struct cms_sink {
+    /* total: Content-Length or -1; fmt: what the first bytes say. */
+    int (*begin)(void *ud, long long total, cms_format fmt, cms_error *err);
+    int (*write)(void *ud, const char *p, size_t n, cms_error *err);
+    void *ud;
+} cms_sink;
+
+/* Progress of the recording: total is -1 when unknown. Return 0 to go on,
+   non-zero to cancel (err set by the callee, else "cancelled"). */
+typedef int (*cms_progress_fn)(void *ud, long long received, long long total,
+                               cms_error *err);
+
+#define CMS_PROGRESS_INTERVAL_MS 200
+
 typedef struct cms_response {
     long status;
-    cms_buf body;
-    int truncated;            /* an error body was cut at CMS_ERROR_BODY_MAX */
+    cms_buf body;             /* an error or JSON answer, never the recording */
+    int truncated;            /* that body was cut at CMS_ERROR_BODY_MAX */
+    int sunk;                 /* the body went to the sink */
+    cms_format format;        /* of the sunk body */
+    long long bytes;          /* bytes given to the sink */
+    long long total;          /* Content-Length of the recording, -1 if unknown */
     char content_type[128];
     long retry_after;         /* seconds, -1 if absent */
     double elapsed;           /* seconds */
 } cms_response;
+
+typedef struct cms_transfer_io {
+    cms_sink sink;
+    cms_progress_fn progress; /* may be NULL */
+    void *progress_ud;
+} cms_transfer_io;
 
 /* curl_global_init, once per process, thread-safe. Returns 0 or -1. */
 int cms_transfer_global_init(void);
@@ -47,13 +78,13 @@ void cms_response_free(cms_response *r);
 
 /*
  * POST `body` to `url` with `headers` (which must include Host, Content-Type
- * and Authorization). On transport failure returns -1 with `err` set
- * (network, timeout, tls, protocol); otherwise 0 with `resp` filled, whatever
- * the HTTP status.
+ * and Authorization). On transport failure, or when the sink or the progress
+ * callback fails, returns -1 with `err` set; otherwise 0 with `resp` filled,
+ * whatever the HTTP status (resp->sunk tells whether a recording came).
  */
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
                       struct curl_slist *headers, const char *body, size_t body_len,
-                      cms_response *resp, cms_error *err);
+                      const cms_transfer_io *io, cms_response *resp, cms_error *err);
 
 /* Map a libcurl failure to an error kind (exposed for the unit tests). */
 cms_error_kind cms_curl_error_kind(CURLcode rc);

@@ -21,6 +21,12 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     header + deterministic pseudo-random data; Content-Length
   chunked-N         same bytes as wav-N, Transfer-Encoding: chunked (16 KiB)
   zip-K             ZIP (deflated) of rec_1.wav..rec_K.wav, member i = wav-(10000+i)
+  zip-dirs          ZIP with a directory entry day1/ and day1/rec_{1,2}.wav
+  zipbad-slip       ZIP with a member ../evil.wav (zip-slip)
+  zipbad-abs        ZIP with a member /tmp/cmsrec-evil.wav
+  zipbad-symlink    ZIP with a Unix symlink member link.wav -> /etc/passwd
+  zipbad-crc        ZIP whose second member has a flipped byte (CRC/inflate error)
+  zipbad-trunc      the first half of a ZIP
   unknown-N         N deterministic bytes starting with "ID3" (N >= 3)
   notfound          200 text/plain {"resultData":"","resultCode":"1",...empty}
   flow              200 JSON resultCode 0300008 (flow control)
@@ -204,10 +210,50 @@ def zip_bytes(k):
     return buf.getvalue()
 
 
+def zip_of(members):
+    """A ZIP of (name, bytes, unix mode) members."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name, date_time=(2024, 10, 31, 14, 6, 52))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, mode << 16
+            if mode & 0o170000 == 0o040000:
+                info.external_attr |= 0x10  # MS-DOS directory bit
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=16)
+def special_zip(name):
+    """Archives for the unzip tests: zip-dirs is good, zipbad-* must be refused."""
+    good = [("rec_1.wav", wav_bytes(10001), 0o100644)]
+    if name == "zip-dirs":
+        return zip_of([("day1/", b"", 0o040755), ("day1/rec_1.wav", wav_bytes(10001), 0o100644),
+                       ("day1/rec_2.wav", wav_bytes(10002), 0o100644)])
+    if name == "zipbad-slip":
+        return zip_of(good + [("../evil.wav", b"RIFF evil", 0o100644)])
+    if name == "zipbad-abs":
+        return zip_of(good + [("/tmp/cmsrec-evil.wav", b"RIFF evil", 0o100644)])
+    if name == "zipbad-symlink":
+        return zip_of(good + [("link.wav", b"/etc/passwd", 0o120777)])
+    if name == "zipbad-crc":  # a flipped byte inside the second member's data
+        data = bytearray(zip_of(good + [("rec_2.wav", wav_bytes(10002), 0o100644)]))
+        second = data.index(b"rec_2.wav", 30) + len("rec_2.wav") + 200
+        data[second] ^= 0xFF
+        return bytes(data)
+    if name == "zipbad-trunc":
+        data = zip_of(good + [("rec_2.wav", wav_bytes(10002), 0o100644)])
+        return data[: len(data) // 2]
+    return None
+
+
 def success_body(cid):
     """(size, content type, pieces factory) of the success body of cid, or None."""
     if re.fullmatch(r"\d+-\d+", cid, re.ASCII):
         return 160044, "application/octet-stream", lambda: wav_pieces(160044)
+    special = special_zip(cid) if cid.startswith(("zip-dirs", "zipbad-")) else None
+    if special is not None:
+        return len(special), "application/zip", lambda: iter([special])
     kind, _, arg = cid.partition("-")
     if not (arg.isascii() and arg.isdigit()):
         return None

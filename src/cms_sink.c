@@ -1,0 +1,287 @@
+/* cms_sink: memory and file destinations of a recording (see cms_sink.h). */
+#include "cms_sink.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ===== MEMORY ===== */
+
+void cms_mem_sink_init(cms_mem_sink *m, long long max_size)
+{
+    cms_buf_init(&m->buf);
+    m->max_size = max_size;
+}
+
+void cms_mem_sink_free(cms_mem_sink *m)
+{
+    cms_buf_free(&m->buf);
+}
+
+static int too_large(cms_error *err, long long max_size, const char *how)
+{
+    return cms_error_set(err, CMS_E_TOO_LARGE,
+                         "the recording is larger than max_size (%lld bytes)%s",
+                         max_size, how);
+}
+
+static int mem_begin(void *ud, long long total, cms_format fmt, cms_error *err)
+{
+    cms_mem_sink *m = ud;
+
+    (void)fmt;
+    if (m->max_size > 0 && total > m->max_size)
+        return too_large(err, m->max_size, ": the server announced more");
+    /* the length is known: allocate once, no doubling while receiving */
+    if (total > 0 && (unsigned long long)total < (size_t)-1 / 2 &&
+        cms_buf_reserve(&m->buf, (size_t)total) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory for a %lld-byte recording",
+                             total);
+    return 0;
+}
+
+static int mem_write(void *ud, const char *p, size_t n, cms_error *err)
+{
+    cms_mem_sink *m = ud;
+
+    if (m->max_size > 0 && (long long)(m->buf.len + n) > m->max_size)
+        return too_large(err, m->max_size, "");
+    if (cms_buf_append(&m->buf, p, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory while receiving the recording");
+    return 0;
+}
+
+cms_sink cms_mem_sink_callbacks(cms_mem_sink *m)
+{
+    cms_sink s;
+
+    s.begin = mem_begin;
+    s.write = mem_write;
+    s.ud = m;
+    return s;
+}
+
+/* ===== SHA-256 ===== */
+
+int cms_sha256_init(cms_sha256 *h)
+{
+    h->ctx = EVP_MD_CTX_new();
+    if (!h->ctx || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
+        cms_sha256_free(h);
+        return -1;
+    }
+    return 0;
+}
+
+int cms_sha256_update(cms_sha256 *h, const void *p, size_t n)
+{
+    return EVP_DigestUpdate(h->ctx, p, n) == 1 ? 0 : -1;
+}
+
+int cms_sha256_final_hex(cms_sha256 *h, char hex[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0, i;
+
+    if (EVP_DigestFinal_ex(h->ctx, md, &len) != 1 || len != 32)
+        return -1;
+    for (i = 0; i < len; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    hex[64] = '\0';
+    return 0;
+}
+
+void cms_sha256_free(cms_sha256 *h)
+{
+    EVP_MD_CTX_free(h->ctx);
+    h->ctx = NULL;
+}
+
+/* ===== FILE ===== */
+
+void cms_safe_filename(const char *name, char *out, size_t cap)
+{
+    size_t i = 0;
+
+    for (; *name && i + 1 < cap && i < 200; name++) {
+        char c = *name;
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                 (c >= '0' && c <= '9') || c == '-' || c == '_' || (c == '.' && i > 0);
+        out[i++] = ok ? c : '_';
+    }
+    if (i == 0 && cap > 10)
+        i = (size_t)snprintf(out, cap, "recording");
+    out[i] = '\0';
+}
+
+static char *str_printf(const char *fmt, const char *a, const char *b)
+{
+    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
+    char *p = malloc(n);
+
+    if (p)
+        snprintf(p, n, fmt, a, b);
+    return p;
+}
+
+static int io_error(cms_error *err, const char *what, const char *path, int e)
+{
+    cms_error_set(err, CMS_E_IO, "%s '%s' failed: %s%s", what, path, strerror(e),
+                  e == ENOSPC ? " (disk full)" : "");
+    return -1;
+}
+
+/* Split `path` into directory and name; a directory path gives name NULL. */
+static int split_destination(cms_file_sink *f, const char *path, const char *call_id,
+                             cms_error *err)
+{
+    struct stat st;
+    char safe[256];
+    const char *slash;
+
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cms_safe_filename(call_id, safe, sizeof safe);
+        f->dir = strdup(path);
+        f->base = strdup(safe);
+        return f->dir && f->base ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    }
+    if (!*path || path[strlen(path) - 1] == '/')
+        return cms_error_set(err, CMS_E_IO, "the directory '%s' does not exist", path);
+    slash = strrchr(path, '/');
+    f->path = strdup(path);
+    f->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path))
+                   : strdup(".");
+    return f->path && f->dir ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+}
+
+int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
+                       long long max_size, cms_error *err)
+{
+    const char *name;
+
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    f->max_size = max_size;
+    if (split_destination(f, path, call_id, err) != 0)
+        return -1;
+    if (cms_sha256_init(&f->sha) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    name = f->base ? f->base : strrchr(f->path, '/') ? strrchr(f->path, '/') + 1 : f->path;
+    /* hidden, in the same directory so that rename() is atomic */
+    f->tmp = str_printf("%s/.%s.part-XXXXXX", f->dir, name);
+    if (!f->tmp)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    f->fd = mkstemp(f->tmp);
+    if (f->fd < 0) {
+        int e = errno;
+        free(f->tmp);
+        f->tmp = NULL;
+        return io_error(err, "creating a file in", f->dir, e);
+    }
+    return 0;
+}
+
+static int file_begin(void *ud, long long total, cms_format fmt, cms_error *err)
+{
+    cms_file_sink *f = ud;
+
+    f->format = fmt;
+    if (f->max_size > 0 && total > f->max_size)
+        return too_large(err, f->max_size, ": the server announced more");
+    return 0;
+}
+
+static int file_write(void *ud, const char *p, size_t n, cms_error *err)
+{
+    cms_file_sink *f = ud;
+
+    if (f->max_size > 0 && f->written + (long long)n > f->max_size)
+        return too_large(err, f->max_size, "");
+    if (cms_sha256_update(&f->sha, p, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    while (n > 0) {
+        ssize_t w = write(f->fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return io_error(err, "writing", f->tmp, errno);
+        p += w;
+        n -= (size_t)w;
+        f->written += w;
+    }
+    return 0;
+}
+
+cms_sink cms_file_sink_callbacks(cms_file_sink *f)
+{
+    cms_sink s;
+
+    s.begin = file_begin;
+    s.write = file_write;
+    s.ud = f;
+    return s;
+}
+
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+
+    if (fd >= 0) {
+        fsync(fd); /* make the rename durable; best effort */
+        close(fd);
+    }
+}
+
+int cms_file_sink_commit(cms_file_sink *f, cms_error *err)
+{
+    int fd = f->fd;
+
+    if (!f->path) {
+        f->path = str_printf("%s/%s", f->dir, f->base);
+        if (f->path) {
+            char *full = str_printf("%s.%s", f->path, cms_format_ext(f->format));
+            free(f->path);
+            f->path = full;
+        }
+        if (!f->path)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    }
+    if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    f->fd = -1;
+    if (fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return io_error(err, "syncing", f->tmp, e);
+    }
+    if (close(fd) != 0)
+        return io_error(err, "closing", f->tmp, errno);
+    if (rename(f->tmp, f->path) != 0)
+        return io_error(err, "renaming the download to", f->path, errno);
+    free(f->tmp);
+    f->tmp = NULL;
+    fsync_dir(f->dir);
+    return 0;
+}
+
+void cms_file_sink_close(cms_file_sink *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
+    if (f->tmp)
+        unlink(f->tmp);
+    free(f->tmp);
+    free(f->path);
+    free(f->dir);
+    free(f->base);
+    f->tmp = f->path = f->dir = f->base = NULL;
+    cms_sha256_free(&f->sha);
+}

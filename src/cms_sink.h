@@ -1,0 +1,72 @@
+/*
+ * cms_sink: where a recording goes, as cms_sink callbacks for cms_transfer.
+ *
+ *   memory  a cms_buf, allocated once when Content-Length is known, bounded
+ *           by max_size (kind too_large, decided before reading when the
+ *           length is announced)
+ *   file    a temporary file beside the destination, fsync'ed and renamed
+ *           into place by cms_file_sink_commit(); anything else removes it,
+ *           so a failed download leaves no partial file and an existing file
+ *           untouched. A directory destination is named <callID>.<ext> once
+ *           the format is known.
+ * Both keep a SHA-256 of what they received.
+ */
+#ifndef CMS_SINK_H
+#define CMS_SINK_H
+
+#include <openssl/evp.h>
+
+#include "cms_buf.h"
+#include "cms_classify.h"
+#include "cms_error.h"
+#include "cms_transfer.h"
+
+typedef struct cms_mem_sink {
+    cms_buf buf;
+    long long max_size; /* 0 = no limit */
+} cms_mem_sink;
+
+void cms_mem_sink_init(cms_mem_sink *m, long long max_size);
+void cms_mem_sink_free(cms_mem_sink *m);
+cms_sink cms_mem_sink_callbacks(cms_mem_sink *m);
+
+/* SHA-256 of a byte stream; an allocation failure is reported by _init. */
+typedef struct cms_sha256 {
+    EVP_MD_CTX *ctx;
+} cms_sha256;
+
+int cms_sha256_init(cms_sha256 *h);
+int cms_sha256_update(cms_sha256 *h, const void *p, size_t n);
+int cms_sha256_final_hex(cms_sha256 *h, char hex[65]);
+void cms_sha256_free(cms_sha256 *h);
+
+typedef struct cms_file_sink {
+    char *dir;       /* where the file goes */
+    char *path;      /* the destination; in directory mode set at commit */
+    char *base;      /* directory mode: the safe file name, without extension */
+    char *tmp;       /* the temporary file while it exists */
+    int fd;
+    cms_format format;
+    long long max_size;
+    long long written;
+    cms_sha256 sha;
+    char sha256[65]; /* set by commit */
+} cms_file_sink;
+
+/*
+ * Prepare a download to `path` (a file, or an existing directory in which the
+ * file is named from `call_id`). Creates the temporary file now, so an
+ * unwritable destination fails before anything is sent.
+ */
+int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
+                       long long max_size, cms_error *err);
+cms_sink cms_file_sink_callbacks(cms_file_sink *f);
+/* fsync, rename into place, fsync the directory. */
+int cms_file_sink_commit(cms_file_sink *f, cms_error *err);
+/* Close and remove the temporary file if it is still there; free everything. */
+void cms_file_sink_close(cms_file_sink *f);
+
+/* `name` made safe as a file name: [A-Za-z0-9._-], no leading dot, <= 200 bytes. */
+void cms_safe_filename(const char *name, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * cms_zip: reading and safely extracting the ZIP bundles the CMS sends when a
+ * call has several recordings (libzip does the parsing).
+ *
+ * Safety rules, checked for every member before anything is written:
+ * no absolute names, no "..", no backslashes or drive letters, no symlinks,
+ * no duplicate names, and the total declared size within max_total. Members
+ * are extracted into a hidden staging directory inside `dir` first, each
+ * checked against its declared size (and CRC, by libzip); only when all are
+ * good are they renamed into place. A corrupt or unsafe archive is kind
+ * protocol, with nothing left behind.
+ */
+#ifndef CMS_ZIP_H
+#define CMS_ZIP_H
+
+#include <stddef.h>
+
+#include "cms_error.h"
+
+typedef struct cms_zip_entry {
+    char *name;      /* as stored in the archive */
+    long long size;
+    char *data;      /* cms_zip_read only */
+    char *path;      /* cms_zip_extract only: where it was written */
+    unsigned long long index; /* in the archive */
+} cms_zip_entry;
+
+typedef struct cms_zip_list {
+    cms_zip_entry *items;
+    size_t n;
+} cms_zip_list;
+
+/* The archive is `data`/`len` when data is not NULL, else the file `path`. */
+typedef struct cms_zip_source {
+    const char *data;
+    size_t len;
+    const char *path;
+} cms_zip_source;
+
+void cms_zip_list_init(cms_zip_list *l);
+void cms_zip_list_free(cms_zip_list *l);
+
+/* Every file member into memory (directories are skipped). */
+int cms_zip_read(const cms_zip_source *src, long long max_total, cms_zip_list *out,
+                 cms_error *err);
+/* Every file member under `dir` (created if missing). */
+int cms_zip_extract(const cms_zip_source *src, const char *dir, long long max_total,
+                    cms_zip_list *out, cms_error *err);
+
+/* 1 if `name` is a safe relative member name ("a/b.wav"; "a/" for a directory). */
+int cms_zip_name_safe(const char *name);
+
+#endif
