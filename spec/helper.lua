@@ -56,6 +56,35 @@ function H.sha256(data)
   return out:match("^(%x+)")
 end
 
+-- Temporary directories for file tests.
+function H.tmpdir()
+  return (capture("mktemp -d /tmp/cmsrec-spec.XXXXXX"):gsub("%s+$", ""))
+end
+
+function H.rmrf(path)
+  assert(path:match("^/tmp/cmsrec%-"), "refusing to remove " .. path)
+  sh("rm -rf '" .. path .. "'")
+end
+
+function H.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Every entry of `dir` (hidden ones too), sorted, as one string "a b c".
+function H.ls(dir)
+  local names = {}
+  for name in capture("ls -A '" .. dir .. "'"):gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return table.concat(names, " ")
+end
+
+-- True when this process runs under AddressSanitizer (memory figures are meaningless).
+function H.under_asan()
+  return (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
+end
+
 local mock = {}
 H.mock = mock
 

@@ -147,8 +147,11 @@ static int split_destination(cms_file_sink *f, const char *path, const char *cal
     const char *slash;
 
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/') /* "dir/" names the same directory */
+            n--;
         cms_safe_filename(call_id, safe, sizeof safe);
-        f->dir = strdup(path);
+        f->dir = strndup(path, n);
         f->base = strdup(safe);
         return f->dir && f->base ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
     }
@@ -159,6 +162,25 @@ static int split_destination(cms_file_sink *f, const char *path, const char *cal
     f->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path))
                    : strdup(".");
     return f->path && f->dir ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+}
+
+/* The process umask, read without changing it (umask(2) would race threads). */
+static mode_t current_umask(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[128];
+    unsigned int m;
+    mode_t mask = 022;
+
+    if (!fp)
+        return mask;
+    while (fgets(line, sizeof line, fp))
+        if (sscanf(line, "Umask: %o", &m) == 1) {
+            mask = (mode_t)m;
+            break;
+        }
+    fclose(fp);
+    return mask;
 }
 
 int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
@@ -185,6 +207,8 @@ int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
         f->tmp = NULL;
         return io_error(err, "creating a file in", f->dir, e);
     }
+    /* mkstemp makes 0600; the result should look like any file the user writes */
+    fchmod(f->fd, 0666 & ~current_umask());
     return 0;
 }
 

@@ -336,7 +336,7 @@ int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
     ctx.io = io;
     ctx.resp = resp;
     ctx.err = err;
-    clock_gettime(CLOCK_MONOTONIC, &ctx.last_progress);
+    /* last_progress stays zero: the first report comes as soon as the recording starts */
     errbuf[0] = '\0';
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, &ctx, errbuf);

@@ -81,8 +81,13 @@ static zip_t *open_archive(const cms_zip_source *src, cms_error *err)
     }
     za = zip_open_from_source(zs, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
     if (!za) {
+        int code = zip_error_code_zip(&ze);
         zip_source_free(zs);
-        zip_fail(err, "not a valid archive", &ze);
+        if (!src->data && (code == ZIP_ER_NOENT || code == ZIP_ER_OPEN || code == ZIP_ER_READ))
+            cms_error_set(err, CMS_E_IO, "cannot read '%.200s': %s", src->path,
+                          zip_error_strerror(&ze));
+        else
+            zip_fail(err, "not a valid archive", &ze);
     }
     zip_error_fini(&ze);
     return za;

@@ -21,6 +21,7 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     header + deterministic pseudo-random data; Content-Length
   chunked-N         same bytes as wav-N, Transfer-Encoding: chunked (16 KiB)
   zip-K             ZIP (deflated) of rec_1.wav..rec_K.wav, member i = wav-(10000+i)
+  odd...            "odd" after any dots, slashes, spaces: the bytes of wav-1000
   zip-dirs          ZIP with a directory entry day1/ and day1/rec_{1,2}.wav
   zipbad-slip       ZIP with a member ../evil.wav (zip-slip)
   zipbad-abs        ZIP with a member /tmp/cmsrec-evil.wav
@@ -251,6 +252,8 @@ def success_body(cid):
     """(size, content type, pieces factory) of the success body of cid, or None."""
     if re.fullmatch(r"\d+-\d+", cid, re.ASCII):
         return 160044, "application/octet-stream", lambda: wav_pieces(160044)
+    if re.match(r"[./ ]*odd", cid):  # any name: for file-name safety tests
+        return 1000, "application/octet-stream", lambda: wav_pieces(1000)
     special = special_zip(cid) if cid.startswith(("zip-dirs", "zipbad-")) else None
     if special is not None:
         return len(special), "application/zip", lambda: iter([special])

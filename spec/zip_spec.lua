@@ -1,0 +1,114 @@
+-- ZIP bundles: reading, safe extraction, download_file{unzip = true}.
+local H = require "spec.helper"
+local cmsrec = require "cmsrec"
+local mock = H.mock
+
+describe("ZIP bundles", function()
+  local client, dir
+  setup(function()
+    mock.start()
+    client = H.client()
+  end)
+  teardown(function()
+    if client then client:close() end
+    mock.stop()
+  end)
+  before_each(function() dir = H.tmpdir() end)
+  after_each(function() H.rmrf(dir) end)
+
+  local function member_sha(i) return mock.expect("wav-" .. (10000 + i)).sha256 end
+
+  it("cmsrec.unzip(data) returns every member with its bytes", function()
+    local data = assert(client:download{ callID = "zip-3" })
+    local members = assert(cmsrec.unzip(data))
+    assert.equal(3, #members)
+    for i, m in ipairs(members) do
+      assert.equal("rec_" .. i .. ".wav", m.name)
+      assert.equal(10000 + i, m.size)
+      assert.equal(10000 + i, #m.data)
+      assert.equal(member_sha(i), H.sha256(m.data))
+    end
+  end)
+
+  it("cmsrec.unzip(path, dir) extracts a file on disk, keeping subdirectories", function()
+    local zip = client:download_file({ callID = "zip-dirs" }, dir .. "/bundle.zip")
+    local out = dir .. "/out"
+    local files = assert(cmsrec.unzip(zip.path, out))
+    assert.equal(2, #files)
+    assert.equal("day1/rec_1.wav", files[1].name)
+    assert.equal(out .. "/day1/rec_2.wav", files[2].path)
+    assert.equal(member_sha(2), H.sha256(H.read_file(out .. "/day1/rec_2.wav")))
+    assert.equal("day1", H.ls(out)) -- no staging directory left
+    assert.equal("rec_1.wav rec_2.wav", H.ls(out .. "/day1"))
+  end)
+
+  it("download_file(req, dir, {unzip = true}) downloads and unpacks in one step", function()
+    local info = assert(client:download_file({ callID = "zip-3" }, dir, { unzip = true }))
+    assert.equal("zip", info.format)
+    assert.equal(mock.expect("zip-3").sha256, info.sha256)
+    assert.equal(dir, info.path)
+    assert.equal(3, #info.files)
+    for i, f in ipairs(info.files) do
+      assert.equal(dir .. "/rec_" .. i .. ".wav", f.path)
+      assert.equal(member_sha(i), H.sha256(H.read_file(f.path)))
+    end
+    assert.equal("rec_1.wav rec_2.wav rec_3.wav", H.ls(dir)) -- the archive itself is gone
+  end)
+
+  it("lists a single WAV the same way when the answer is not a bundle", function()
+    local info = assert(client:download_file({ callID = "wav-5000" }, dir, { unzip = true }))
+    assert.equal(1, #info.files)
+    assert.equal("wav-5000.wav", info.files[1].name)
+    assert.equal(dir .. "/wav-5000.wav", info.files[1].path)
+    assert.equal(5000, info.files[1].size)
+  end)
+
+  it("needs an existing directory to unzip into", function()
+    local info, err = client:download_file({ callID = "zip-3" }, dir .. "/x.zip", { unzip = true })
+    assert.is_nil(info)
+    assert.equal("invalid", err.kind)
+    assert.equal("path", err.field)
+  end)
+
+  local bad = {
+    { "zipbad-slip", "would escape the target directory" },
+    { "zipbad-abs", "would escape the target directory" },
+    { "zipbad-symlink", "symbolic link" },
+    { "zipbad-crc", "corrupt" },
+    { "zipbad-trunc", "not a valid archive" },
+  }
+  for _, case in ipairs(bad) do
+    local id, pattern = case[1], case[2]
+    it("refuses " .. id .. " with nothing extracted", function()
+      H.write_file(dir .. "/rec_1.wav", "ORIGINAL")
+      local info, err = client:download_file({ callID = id }, dir, { unzip = true })
+      assert.is_nil(info)
+      assert.equal("protocol", err.kind)
+      assert.matches(pattern, err.message)
+      assert.equal("rec_1.wav", H.ls(dir)) -- no archive, no staging dir, no member
+      assert.equal("ORIGINAL", H.read_file(dir .. "/rec_1.wav"))
+      -- the same archive through cmsrec.unzip, from memory and into a directory
+      local data = assert(client:download{ callID = id })
+      local members, err2 = cmsrec.unzip(data)
+      assert.is_nil(members)
+      assert.equal("protocol", err2.kind)
+      members, err2 = cmsrec.unzip(data, dir .. "/sub")
+      assert.is_nil(members)
+      assert.equal("protocol", err2.kind)
+      assert.equal("", H.ls(dir .. "/sub"))
+    end)
+  end
+
+  it("never writes outside the directory", function()
+    client:download_file({ callID = "zipbad-slip" }, dir, { unzip = true })
+    client:download_file({ callID = "zipbad-abs" }, dir, { unzip = true })
+    assert.is_nil(H.read_file(dir .. "/../evil.wav"))
+    assert.is_nil(H.read_file("/tmp/cmsrec-evil.wav"))
+  end)
+
+  it("reports a missing archive file as io", function()
+    local members, err = cmsrec.unzip(dir .. "/none.zip")
+    assert.is_nil(members)
+    assert.equal("io", err.kind)
+  end)
+end)
