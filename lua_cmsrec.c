@@ -55,6 +55,7 @@ typedef struct client {
     long long max_size; /* in-memory downloads */
     int signed_headers; /* SIGN_* flags */
     int has_authorization;
+    int busy;           /* a download is running: callbacks must not close or reuse it */
     int closed;
 } client;
 
@@ -91,6 +92,9 @@ static client *check_client(lua_State *L, int idx)
     client *c = luaL_checkudata(L, idx, CLIENT_MT);
     if (c->closed)
         luaL_error(L, "attempt to use a closed cmsrec client");
+    if (c->busy)
+        luaL_error(L, "cmsrec client is busy: a callback cannot start another download "
+                      "on the client that called it");
     return c;
 }
 
@@ -152,6 +156,20 @@ static int error_tostring(lua_State *L)
 
 /* ===== OPTION HELPERS ===== */
 
+/*
+ * Push t[key] without metamethods. Option tables are read raw so that every
+ * value C keeps a pointer to is held by the table itself (a value made by
+ * __index would live only on the stack), and check_keys, which walks the
+ * table with lua_next, sees exactly what is used.
+ */
+static int raw_field(lua_State *L, int idx, const char *key)
+{
+    idx = idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
+    lua_pushstring(L, key);
+    lua_rawget(L, idx);
+    return lua_type(L, -1);
+}
+
 static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
@@ -194,7 +212,7 @@ static const char *opt_string(lua_State *L, int idx, const char *what,
                               const char *key, size_t *len)
 {
     const char *s;
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return NULL;
@@ -210,7 +228,7 @@ static const char *opt_string(lua_State *L, int idx, const char *what,
 static int opt_boolean(lua_State *L, int idx, const char *what, const char *key)
 {
     int v;
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
         luaL_error(L, "%s: option '%s' must be a boolean, got %s", what, key,
                    luaL_typename(L, -1));
@@ -223,7 +241,7 @@ static int opt_boolean(lua_State *L, int idx, const char *what, const char *key)
 static long opt_seconds(lua_State *L, int idx, const char *what, const char *key)
 {
     lua_Number n;
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -240,7 +258,7 @@ static long opt_seconds(lua_State *L, int idx, const char *what, const char *key
 static long long opt_size(lua_State *L, int idx, const char *what, const char *key)
 {
     long long v;
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -254,7 +272,7 @@ static long long opt_size(lua_State *L, int idx, const char *what, const char *k
 
 static int opt_function(lua_State *L, int idx, const char *what, const char *key)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -288,43 +306,43 @@ static char *dup_opt(lua_State *L, int idx, const char *key)
 
 /* ===== CONFIG ===== */
 
+/* The path is signed as written: refuse what libcurl would escape when sending. */
 static int has_bad_path_char(const char *s)
 {
     for (; *s; s++)
-        if ((unsigned char)*s <= 0x20 || *s == 0x7F || *s == '?' || *s == '#')
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7F || *s == '?' || *s == '#')
             return 1;
     return 0;
 }
 
-/* base_url + path -> c->url, c->path, c->host (parsed by libcurl's URL API). */
-static void config_url(lua_State *L, int idx, client *c)
+static char *join3(const char *a, const char *b, const char *c)
 {
-    const char *base = opt_string(L, idx, "cmsrec.new", "base_url", NULL);
-    const char *path = opt_string(L, idx, "cmsrec.new", "path", NULL);
-    char *scheme = NULL, *host = NULL, *port = NULL, *bpath = NULL, *query = NULL;
-    char *user = NULL, *frag = NULL;
-    CURLU *u;
-    CURLUcode uc;
-    luaL_Buffer b;
-    size_t blen;
-    const char *problem = NULL;
+    size_t n = strlen(a) + strlen(b) + strlen(c) + 1;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s%s%s", a, b, c);
+    return p;
+}
 
-    if (!base)
-        luaL_error(L, "cmsrec.new: option 'base_url' is required "
-                      "(for example \"https://10.0.0.1:28080\")");
-    if (!path)
-        path = CMSREC_DEFAULT_PATH;
-    if (path[0] != '/' || has_bad_path_char(path))
-        luaL_error(L, "cmsrec.new: option 'path' must start with '/' and contain no "
-                      "spaces, control characters, '?' or '#'");
-    u = curl_url();
+/*
+ * Split base_url with libcurl's URL API and join it with `path` into the URL
+ * requested, the Host header (the authority as written) and the full path as
+ * sent. Plain C, no Lua: returns NULL or a description of the problem.
+ */
+static const char *parse_base_url(const char *base, const char *path, int allow_http,
+                                  char **url, char **host_out, char **path_out)
+{
+    char *scheme = NULL, *host = NULL, *port = NULL, *bpath = NULL, *query = NULL;
+    char *user = NULL, *frag = NULL, *prefix = NULL;
+    const char *problem = NULL;
+    CURLU *u = curl_url();
+
     if (!u)
-        luaL_error(L, "cmsrec: out of memory");
-    uc = curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS);
-    if (uc != CURLUE_OK) {
+        return "cannot be parsed (out of memory)";
+    if (curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) !=
+        CURLUE_OK) {
         curl_url_cleanup(u);
-        luaL_error(L, "cmsrec.new: option 'base_url' is not a valid URL: %s",
-                   curl_url_strerror(uc));
+        return "is not a valid URL (expected https://host:port)";
     }
     curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
     curl_url_get(u, CURLUPART_HOST, &host, 0);
@@ -337,34 +355,52 @@ static void config_url(lua_State *L, int idx, client *c)
 
     if (!scheme || !host || !*host)
         problem = "must have a scheme and a host";
-    else if (strcmp(scheme, "https") != 0 &&
-             !(strcmp(scheme, "http") == 0 && c->tc.allow_http))
+    else if (strcmp(scheme, "https") != 0 && !(strcmp(scheme, "http") == 0 && allow_http))
         problem = strcmp(scheme, "http") == 0
                       ? "uses http://, which sends the signature in clear text; "
                         "use https:// or set allow_http = true"
                       : "must start with https://";
     else if (query || frag || user)
         problem = "must not contain credentials, a query or a fragment";
-
+    else if (bpath && has_bad_path_char(bpath))
+        problem = "has a path with characters that would be escaped when sent "
+                  "(spaces, control or non-ASCII characters)";
     if (!problem) {
-        blen = bpath ? strlen(bpath) : 0;
-        while (blen && bpath[blen - 1] == '/')
-            blen--;
-        luaL_buffinit(L, &b);
-        luaL_addlstring(&b, bpath ? bpath : "", blen);
-        luaL_addstring(&b, path);
-        luaL_pushresult(&b); /* the full path */
-        lua_pushfstring(L, "%s%s%s", host, port ? ":" : "", port ? port : "");
-        lua_pushfstring(L, "%s://%s%s", scheme, lua_tostring(L, -1), lua_tostring(L, -2));
+        size_t n = bpath ? strlen(bpath) : 0;
+        while (n && bpath[n - 1] == '/') /* "https://gw/cms/" + "/rest/..." */
+            bpath[--n] = '\0';
+        *path_out = join3(bpath ? bpath : "", path, "");
+        *host_out = join3(host, port ? ":" : "", port ? port : "");
+        prefix = join3(scheme, "://", *host_out ? *host_out : "");
+        *url = prefix && *path_out ? join3(prefix, *path_out, "") : NULL;
+        if (!*url || !*host_out || !*path_out)
+            problem = "cannot be parsed (out of memory)";
     }
+    free(prefix);
     curl_free(scheme); curl_free(host); curl_free(port); curl_free(bpath);
     curl_free(query); curl_free(frag); curl_free(user);
+    return problem;
+}
+
+/* base_url + path -> c->url, c->path, c->host. */
+static void config_url(lua_State *L, int idx, client *c)
+{
+    const char *base = opt_string(L, idx, "cmsrec.new", "base_url", NULL);
+    const char *path = opt_string(L, idx, "cmsrec.new", "path", NULL);
+    const char *problem;
+
+    if (!base)
+        luaL_error(L, "cmsrec.new: option 'base_url' is required "
+                      "(for example \"https://10.0.0.1:28080\")");
+    if (!path)
+        path = CMSREC_DEFAULT_PATH;
+    if (path[0] != '/' || has_bad_path_char(path))
+        luaL_error(L, "cmsrec.new: option 'path' must start with '/' and contain no "
+                      "spaces, control or non-ASCII characters, '?' or '#'");
+    /* the strings belong to the client at once, so its __gc frees them */
+    problem = parse_base_url(base, path, c->tc.allow_http, &c->url, &c->host, &c->path);
     if (problem)
         luaL_error(L, "cmsrec.new: option 'base_url' %s", problem);
-    c->url = dup_or_raise(L, lua_tostring(L, -1), lua_rawlen(L, -1));
-    c->host = dup_or_raise(L, lua_tostring(L, -2), lua_rawlen(L, -2));
-    c->path = dup_or_raise(L, lua_tostring(L, -3), lua_rawlen(L, -3));
-    lua_pop(L, 3);
 }
 
 static void config_signed_headers(lua_State *L, int idx, client *c)
@@ -373,7 +409,7 @@ static void config_signed_headers(lua_State *L, int idx, client *c)
     size_t i, n;
 
     c->signed_headers = SIGN_CONTENT_LENGTH | SIGN_CONTENT_TYPE | SIGN_HOST;
-    lua_getfield(L, idx, "signed_headers");
+    raw_field(L, idx, "signed_headers");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return;
@@ -447,7 +483,7 @@ static int l_new(lua_State *L)
     lua_setmetatable(L, -2);
 
     lua_createtable(L, 0, 1); /* uservalue: holds the authorization function */
-    lua_getfield(L, 1, "authorization");
+    raw_field(L, 1, "authorization");
     if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
         luaL_error(L, "cmsrec.new: option 'authorization' must be a function "
                       "(method, path, headers, body) -> string");
@@ -466,7 +502,6 @@ static int l_new(lua_State *L)
         c->tc.connect_timeout_ms = 10000;
     config_url(L, 1, c);
     config_signed_headers(L, 1, c);
-    config_credentials(L, 1, c);
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
     c->tc.proxy = dup_opt(L, 1, "proxy");
@@ -474,6 +509,7 @@ static int l_new(lua_State *L)
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
                                         strlen("cmsrec/" CMSREC_VERSION));
+    config_credentials(L, 1, c); /* last: no later check can leave an SK copy behind */
 
     if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()))
         luaL_error(L, "cmsrec.new: libcurl could not be initialised");
@@ -487,6 +523,9 @@ static int l_new(lua_State *L)
 static int l_close(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (c->busy)
+        luaL_error(L, "cmsrec client is busy: a callback cannot close the client "
+                      "that called it");
     if (!c->closed) {
         client_release(c);
         lua_newtable(L); /* drop the authorization function */
@@ -618,7 +657,7 @@ static int read_request(lua_State *L, int idx, cms_request *r,
         if (lua_type(L, -1) == LUA_TSTRING) {
             r->value[f] = lua_tolstring(L, -1, &r->len[f]);
         } else if (lua_isinteger(L, -1)) {
-            snprintf(num[f], sizeof num[f], "%lld", (long long)lua_tointeger(L, -1));
+            snprintf(num[f], sizeof num[f], "%lld", cms_tolonglong(L, -1));
             r->value[f] = num[f];
             r->len[f] = strlen(num[f]);
         } else {
@@ -744,8 +783,10 @@ static void body_excerpt(const cms_buf *b, char *out, size_t cap)
 /* Decode a JSON body with cjson; leaves a table on the stack or returns 0. */
 static int decode_json(lua_State *L, int cjson, const cms_buf *b)
 {
+    size_t bom = b->len >= 3 && memcmp(b->data, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+
     lua_getfield(L, cjson, "decode");
-    lua_pushlstring(L, b->data, b->len);
+    lua_pushlstring(L, b->data + bom, b->len - bom); /* cms_sniff allows a BOM */
     if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -756,10 +797,14 @@ static int decode_json(lua_State *L, int cjson, const cms_buf *b)
 /* A string or number field of the table on top, copied into `out` (or NULL). */
 static const char *json_text(lua_State *L, const char *key, char *out, size_t cap)
 {
+    lua_Number n;
     int t;
     lua_getfield(L, -1, key);
     t = lua_type(L, -1);
-    if (t == LUA_TSTRING || t == LUA_TNUMBER)
+    n = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+    if (t == LUA_TNUMBER && n > -1e15 && n < 1e15 && n == (lua_Number)(long long)n)
+        snprintf(out, cap, "%lld", (long long)n); /* cjson decodes 1 as 1.0 */
+    else if (t == LUA_TSTRING || t == LUA_TNUMBER)
         cms_strlcpy(out, lua_tostring(L, -1), cap);
     lua_pop(L, 1);
     return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
@@ -800,6 +845,7 @@ static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_e
                       "JSON object (%zu bytes%s)", r->body.len, r->truncated ? " or more" : "");
     }
     err->status = r->status;
+    err->retry_after = r->retry_after; /* flow control may say when, even at HTTP 200 */
     lua_settop(L, top);
     return -1;
 }
@@ -901,11 +947,9 @@ static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
     if (read_request(L, req_idx, &req, num, err) != 0 ||
         cms_request_build(&req, json_escape, &esc, &s->body, err) != 0)
         return -1;
-    *call_id = req.value[CMS_F_CALLID]; /* a Lua string in the request table */
-    if (*call_id == num[CMS_F_CALLID]) {
-        lua_pushstring(L, num[CMS_F_CALLID]); /* keep a copy alive on the stack */
-        *call_id = lua_tostring(L, -1);
-    }
+    /* a copy on the stack: callbacks below may change the request table */
+    lua_pushlstring(L, req.value[CMS_F_CALLID], req.len[CMS_F_CALLID]);
+    *call_id = lua_tostring(L, -1);
     snprintf(clen, sizeof clen, "%zu", s->body.len);
     if (c->has_authorization) {
         if (call_authorization(L, 1, c, s, clen, &auth, err) != 0)
@@ -1055,14 +1099,17 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     char sha_hex[65] = "";
     cms_error err;
     dl_ctx d;
-    int base;
+    int base, rc;
 
     d.L = L;
     d.plan = p;
     d.s = s;
     d.reported = -1;
     cms_error_clear(&err);
-    if (download_steps(L, c, &d, sha_hex, &err) != 0) {
+    c->busy = 1; /* Lua callbacks run inside: authorization, sink, on_progress */
+    rc = download_steps(L, c, &d, sha_hex, &err);
+    c->busy = 0;
+    if (rc != 0) {
         scratch_release(L, sidx);
         return push_error(L, &err);
     }
@@ -1167,6 +1214,8 @@ static int l_unzip(lua_State *L)
 /* cmsrec.download(config, req): new, download, close. */
 static int l_download_once(lua_State *L)
 {
+    int rc;
+
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
@@ -1176,10 +1225,12 @@ static int l_download_once(lua_State *L)
     lua_pushvalue(L, lua_upvalueindex(3)); /* download */
     lua_pushvalue(L, 3);
     lua_pushvalue(L, 2);
-    lua_call(L, 2, 2);                      /* 4, 5: data/nil, info/err */
+    rc = lua_pcall(L, 2, 2, 0);             /* 4, 5: data/nil, info/err */
     lua_pushcfunction(L, l_close);
     lua_pushvalue(L, 3);
     lua_call(L, 1, 0);
+    if (rc != 0)
+        lua_error(L); /* after closing: the error message is on top again */
     return 2;
 }
 
@@ -1191,7 +1242,7 @@ static size_t read_pairs(lua_State *L, int idx, const char *key, cms_kv *kv,
 {
     size_t n = 0;
 
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
@@ -1311,7 +1362,10 @@ int luaopen_cmsrec(lua_State *L)
     lua_settop(L, 0); /* drop require's arguments: index 1 is cjson below */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1); /* 1: cjson */
+    lua_call(L, 1, 1);
+    lua_getfield(L, 1, "new");
+    lua_call(L, 0, 1); /* a private instance: the application's cjson settings do not apply */
+    lua_remove(L, 1);  /* 1: cjson */
 
     new_class(L, CLIENT_MT, client_meta, client_methods);
     new_class(L, SCRATCH_MT, scratch_meta, NULL);

@@ -36,9 +36,11 @@ int cms_buf_reserve(cms_buf *b, size_t extra)
     need = b->len + extra + 1;
     if (need <= b->cap)
         return 0;
-    cap = b->cap ? b->cap : 64;
-    while (cap < need)
-        cap = cap > (size_t)-1 / 2 ? need : cap * 2;
+    /* double to keep appends amortised O(1), but never less than asked:
+       a first reserve of a known length allocates exactly that */
+    cap = b->cap > (size_t)-1 / 2 ? need : b->cap * 2;
+    if (cap < need)
+        cap = need < 64 ? 64 : need;
     p = realloc(b->data, cap);
     if (!p)
         return -1;

@@ -15,7 +15,8 @@
 #define lua_setuservalue(L, i) lua_setfenv((L), (i))
 #define lua_getuservalue(L, i) lua_getfenv((L), (i))
 
-static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+/* LuaJIT 2.1 declares luaL_setfuncs itself: define ours under another name. */
+static inline void cms_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     luaL_checkstack(L, nup, "too many upvalues");
     for (; l->name; l++) {
@@ -27,32 +28,27 @@ static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
     }
     lua_pop(L, nup);
 }
-
-static inline void *luaL_testudata(lua_State *L, int i, const char *tname)
-{
-    void *p = lua_touserdata(L, i);
-    if (!p || !lua_getmetatable(L, i))
-        return NULL;
-    luaL_getmetatable(L, tname);
-    if (!lua_rawequal(L, -1, -2))
-        p = NULL;
-    lua_pop(L, 2);
-    return p;
-}
+#define luaL_setfuncs cms_compat_setfuncs
 
 #endif
 
 #if LUA_VERSION_NUM < 503
 /* Integers are doubles with no fraction before 5.3. */
-static inline int lua_isinteger(lua_State *L, int i)
+static inline int cms_compat_isinteger(lua_State *L, int i)
 {
     lua_Number n;
     if (lua_type(L, i) != LUA_TNUMBER)
         return 0;
     n = lua_tonumber(L, i);
-    return n == (lua_Number)(long long)n && n >= -9007199254740992.0 &&
-           n <= 9007199254740992.0;
+    /* range first: converting inf, NaN or a huge value is undefined */
+    return n >= -9007199254740992.0 && n <= 9007199254740992.0 &&
+           n == (lua_Number)(long long)n;
 }
+#define lua_isinteger cms_compat_isinteger
+/* lua_Integer may be 32 bits before 5.3: read integers through the double. */
+#define cms_tolonglong(L, i) ((long long)lua_tonumber((L), (i)))
+#else
+#define cms_tolonglong(L, i) ((long long)lua_tointeger((L), (i)))
 #endif
 
 #endif

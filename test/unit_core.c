@@ -10,7 +10,9 @@
 #include "../src/cms_classify.h"
 #include "../src/cms_request.h"
 #include "../src/cms_sign.h"
+#include "../src/cms_sink.h"
 #include "../src/cms_transfer.h"
+#include "../src/cms_zip.h"
 
 static int count, failed;
 
@@ -252,6 +254,50 @@ static void test_curl_kinds(void)
     ok(strcmp(cms_error_kind_name(CMS_E_PROTOCOL), "protocol") == 0, "kind names");
 }
 
+static void test_names(void)
+{
+    char out[256];
+
+    cms_safe_filename("1748587841-77268", out, sizeof out);
+    ok_str(out, "1748587841-77268", "a plain callID is kept as the file name");
+    cms_safe_filename("../etc/passwd", out, sizeof out);
+    ok_str(out, "_._etc_passwd", "slashes and a leading dot are replaced");
+    cms_safe_filename("", out, sizeof out);
+    ok_str(out, "recording", "an empty name becomes 'recording'");
+    ok(cms_zip_name_safe("rec_1.wav") && cms_zip_name_safe("day1/rec.wav") &&
+           cms_zip_name_safe("day1/"),
+       "relative member names are safe");
+    ok(!cms_zip_name_safe("../x") && !cms_zip_name_safe("a/../../x") &&
+           !cms_zip_name_safe("/etc/x") && !cms_zip_name_safe("a\\b") &&
+           !cms_zip_name_safe("C:x") && !cms_zip_name_safe("a//b") &&
+           !cms_zip_name_safe("./a") && !cms_zip_name_safe(""),
+       "escaping, absolute, backslash, drive and empty-component names are not");
+}
+
+static void test_mem_sink(void)
+{
+    cms_mem_sink m;
+    cms_sink s;
+    cms_error err;
+
+    cms_mem_sink_init(&m, 10);
+    s = cms_mem_sink_callbacks(&m);
+    cms_error_clear(&err);
+    ok(s.begin(s.ud, 11, CMS_FMT_WAV, &err) != 0 && err.kind == CMS_E_TOO_LARGE,
+       "an announced length over max_size is too_large before any byte");
+    cms_error_clear(&err);
+    ok(s.begin(s.ud, -1, CMS_FMT_WAV, &err) == 0 && s.write(s.ud, "123456", 6, &err) == 0 &&
+           s.write(s.ud, "12345", 5, &err) != 0 && err.kind == CMS_E_TOO_LARGE &&
+           m.buf.len == 6,
+       "an unknown length is counted against max_size");
+    cms_mem_sink_free(&m);
+    cms_mem_sink_init(&m, 0);
+    s = cms_mem_sink_callbacks(&m);
+    ok(s.begin(s.ud, 1000, CMS_FMT_WAV, &err) == 0 && m.buf.cap == 1001,
+       "a known length is allocated once");
+    cms_mem_sink_free(&m);
+}
+
 int main(void)
 {
     test_vectors();
@@ -261,6 +307,8 @@ int main(void)
     test_suggest();
     test_classify();
     test_curl_kinds();
+    test_names();
+    test_mem_sink();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
