@@ -40,6 +40,9 @@ describe("cmsrec.new", function()
     assert.matches("'base_url' is not a valid URL", new_error(with{ base_url = "https://" }))
     assert.matches("must not contain credentials, a query",
       new_error(with{ base_url = "https://h:1/?a=b" }))
+    assert.matches("characters that would be escaped",
+      new_error(with{ base_url = "https://h:1/caf\xC3\xA9" }))
+    assert.matches("non%-ASCII", new_error(with{ path = "/caf\xC3\xA9" }))
     local c = cmsrec.new(with{ base_url = "http://127.0.0.1:1", allow_http = true })
     assert.matches("http://127.0.0.1:1/rest/cmsapp", tostring(c))
   end)
@@ -115,6 +118,21 @@ describe("cmsrec.new", function()
     c = nil
     collectgarbage()
     collectgarbage()
+  end)
+
+  it("reads option tables raw: values made by __index are not options", function()
+    local cfg = setmetatable({}, { __index = function(_, k)
+      collectgarbage()
+      return ({ base_url = "https://h:1", ak = ("a"):rep(60), sk = ("s"):rep(60) })[k]
+    end })
+    assert.matches("'base_url' is required", new_error(cfg))
+    local ok, msg = pcall(cmsrec.sign, setmetatable({}, { __index = function(_, k)
+      collectgarbage()
+      return ({ ak = ("a"):rep(60), sk = ("s"):rep(60), path = "/" .. ("p"):rep(60),
+        headers = { host = "h" } })[k]
+    end }))
+    assert.is_false(ok)
+    assert.matches("'ak' is missing", msg)
   end)
 
   it("puts a base_url path prefix before the API path", function()

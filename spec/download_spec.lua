@@ -48,7 +48,9 @@ describe("client:download", function()
       .. '"callerNo":"","calleeNo":""}', mock.stats().last.body)
     client:download{ callID = "notfound", workNo = 1001, beginTime = "20250530120000",
       callerNo = "+8613800000000", calleeNo = "中文 \"q\"" }
-    local body = mock.stats().last.body
+    local last = mock.stats().last
+    assert.is_true(last.auth_ok, tostring(last.auth_error)) -- the escaped body was signed right
+    local body = last.body
     assert.equal('{"callID":"notfound","workNo":"1001","beginTime":"20250530120000",'
       .. '"callerNo":"+8613800000000","calleeNo":"中文 \\"q\\""}', body)
     assert.same({ callID = "notfound", workNo = "1001", beginTime = "20250530120000",
@@ -126,6 +128,46 @@ describe("client:download", function()
     local data = c:download{ callID = "wav-500" }
     c:close()
     assert.equal(500, #data)
+  end)
+
+  it("sends the configured User-Agent", function()
+    client:download{ callID = "wav-100" }
+    assert.equal("cmsrec/" .. cmsrec.VERSION, mock.stats().last.headers["user-agent"])
+    local c = H.client{ user_agent = "qa-robot/2" }
+    c:download{ callID = "wav-100" }
+    c:close()
+    assert.equal("qa-robot/2", mock.stats().last.headers["user-agent"])
+  end)
+
+  it("is not affected by the application's use of lua-cjson", function()
+    local cj = require "cjson"
+    local encode = cj.encode
+    cj.encode = function() error("application replaced cjson.encode") end
+    local data = client:download{ callID = "wav-100" }
+    cj.encode = encode
+    assert.equal(100, #data)
+  end)
+
+  it("refuses to be closed or reused from its own callbacks", function()
+    local c
+    c = H.client{ ak = false, sk = false, authorization = function()
+      c:close()
+      return "x"
+    end }
+    local data, err = c:download{ callID = "wav-100" }
+    assert.is_nil(data)
+    assert.equal("invalid", err.kind)
+    assert.matches("busy", err.message)
+    c:close()
+    local c2 = H.client()
+    local info, err2 = c2:download_file({ callID = "wav-3000000" }, nil, {
+      sink = function() c2:download{ callID = "wav-100" } end,
+    })
+    assert.is_nil(info)
+    assert.equal("io", err2.kind)
+    assert.matches("busy", err2.message)
+    assert.equal(100, #c2:download{ callID = "wav-100" }) -- usable afterwards
+    c2:close()
   end)
 
   it("works as a one-shot cmsrec.download(config, req)", function()

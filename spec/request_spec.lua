@@ -20,7 +20,6 @@ describe("request validation", function()
     { { callID = "1", worknumber = "7" }, "worknumber", "unknown request field 'worknumber'$" },
     { { callID = "1", beginTime = "2025053012000" }, "beginTime", "yyyyMMddHHmmss" },
     { { callID = "1", beginTime = "20250230120000" }, "beginTime", "real date%-time" },
-    { { callID = "1", beginTime = 20250530120000 }, nil, nil }, -- an integer is fine
     { { callID = "1", beginTime = "20250530126000" }, "beginTime", "real date%-time" },
     { { callID = "1", workNo = 1.5 }, "workNo", "must be a string or an integer, got a non%-integer number" },
     { { callID = "1", workNo = true }, "workNo", "must be a string or an integer, got boolean" },

@@ -6,7 +6,8 @@ Usage: python3 test/mock_cms.py --state-dir DIR [--ak AK] [--sk SK]
 
 On start it writes DIR/{ca,server,other-ca}.{pem,key} (EC P-256, openssl CLI),
 listens on 127.0.0.1:0 for HTTPS and for plain HTTP (same handler), then
-writes DIR/ready.json {"https_port","http_port","pid","ak","ca"}. It logs one
+writes DIR/ready.json {"https_port","http_port","wrong_name_port","pid","ak","ca"}
+(wrong_name_port: HTTPS with a certificate of the same CA for other.invalid). It logs one
 line per request to DIR/server.log and exits on SIGTERM/SIGINT or after
 --max-lifetime seconds (default 600). --self-test checks the auth-v2 signer
 against vectors V1-V3 of cms-protocol.md and exits.
@@ -40,7 +41,11 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
   http-C            status C (300-599), {"error":"mock C"} (304: empty); Retry-After: 7
                     for 429/503; Location https://127.0.0.1:<https port>/elsewhere
                     for 301/302/303/307/308
-  bigerror          500 with 5 MiB of "x" (Content-Length set)
+  bigerror          500 with 64 MiB of "x" (Content-Length set); stats.bigerror_sent
+                    records how much was written before the client hung up
+  numcode           200 JSON with a numeric resultCode 1
+  bom               200 the notfound answer after a UTF-8 byte-order mark
+  flow-retry        200 the flow answer with Retry-After: 30
   drop-N            wav-N headers, first N//2 bytes, then abrupt close
   stall-S           Content-Length 100000, 1000 bytes, sleep S (<= 30) s, close
   slowheaders-S     sleep S (<= 30) s, then the notfound answer
@@ -82,6 +87,7 @@ BLOCK = 64 * 1024          # generation block (fixed: keeps the byte stream dete
 CHUNK = 16 * 1024          # Transfer-Encoding chunk size
 MAX_BODY = 1 << 32         # wav-N / unknown-N above this are treated as "anything else"
 MAX_REQUEST = 1 << 20      # largest request body accepted
+BIGERROR_MB = 64           # size of the bigerror body
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
 SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
@@ -100,6 +106,9 @@ FIXED = {  # callID -> (status, body, content type)
     "badjson": (200, b'{"resultCode": "1", "resu', JSON_CT),
     "emptybody": (200, b"", JSON_CT),
     "auth-401": (401, result("0100001", "Authentication failed: token expired"), JSON_CT),
+    "numcode": (200, b'{"resultCode":1,"resultDesc":"Record List is empty","resultData":""}',
+                JSON_CT),
+    "bom": (200, b"\xef\xbb\xbf" + NOTFOUND, "text/plain"),
 }
 
 # ---------------------------------------------------------------- auth-v2 signer
@@ -283,7 +292,7 @@ class State:
     def reset(self):
         with self.lock:
             self.requests = self.connections = self.auth_failures = 0
-            self.last = None
+            self.last = self.bigerror_sent = None
 
     def count_connection(self):
         with self.lock:
@@ -306,7 +315,8 @@ class State:
     def snapshot(self):
         with self.lock:
             return {"requests": self.requests, "connections": self.connections,
-                    "auth_failures": self.auth_failures, "last": self.last}
+                    "auth_failures": self.auth_failures, "last": self.last,
+                    "bigerror_sent": self.bigerror_sent}
 
     def log(self, line):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
@@ -559,8 +569,22 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(403, {
                 "timestamp": "2024-10-31T14:06:52.000+00:00", "status": 403, "error": "Forbidden",
                 "message": "IP locked after repeated authentication failures", "path": path})
-        if cid == "bigerror":
-            return self._stream(5 << 20, "text/plain", [b"x" * (5 << 20)], code=500)
+        if cid == "bigerror":  # records how much was written before the client hung up
+            sent = [0]
+
+            def pieces():
+                for _ in range(BIGERROR_MB):
+                    yield b"x" * (1 << 20)
+                    sent[0] += 1 << 20
+            try:
+                self._stream(BIGERROR_MB << 20, "text/plain", pieces(), code=500)
+            except OSError:
+                self.close_connection = True
+            with self.server.state.lock:
+                self.server.state.bigerror_sent = sent[0]
+            return None
+        if cid == "flow-retry":
+            return self._reply(*FIXED["flow"], headers={"Retry-After": "30"})
         if kind == "http" and arg.isdigit() and 300 <= int(arg) <= 599:
             code, headers = int(arg), {}
             if code in (429, 503):
@@ -604,6 +628,11 @@ extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid, issuer
+[v3_wrongname]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:other.invalid
 """
 
 
@@ -618,7 +647,7 @@ def make_certs(d):
 
     with open(p("openssl.cnf"), "w") as f:
         f.write(OPENSSL_CNF)
-    for name in ("ca", "other-ca", "server"):
+    for name in ("ca", "other-ca", "server", "wrongname"):
         run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-out", p(name + ".key"))
     for name, cn in (("ca", "cmsrec mock CA"), ("other-ca", "cmsrec unrelated CA")):
@@ -630,7 +659,13 @@ def make_certs(d):
     run("x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
         "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
         "-extfile", p("openssl.cnf"), "-extensions", "v3_server", "-out", p("server.pem"))
-    for name in ("server.csr", "openssl.cnf"):
+    # same CA, but a certificate for another name: host name verification must fail
+    run("req", "-new", "-config", p("openssl.cnf"), "-key", p("wrongname.key"),
+        "-subj", "/CN=other.invalid", "-out", p("wrongname.csr"))
+    run("x509", "-req", "-in", p("wrongname.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
+        "-extfile", p("openssl.cnf"), "-extensions", "v3_wrongname", "-out", p("wrongname.pem"))
+    for name in ("server.csr", "wrongname.csr", "openssl.cnf"):
         os.remove(p(name))
 
 
@@ -660,12 +695,16 @@ def main(argv=None):
     state = State(args.ak, args.sk, os.path.join(d, "server.log"))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
-    servers = [MockServer(state, "https", ctx), MockServer(state, "http")]
+    wrong = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    wrong.load_cert_chain(os.path.join(d, "wrongname.pem"), os.path.join(d, "wrongname.key"))
+    servers = [MockServer(state, "https", ctx), MockServer(state, "http"),
+               MockServer(state, "https", wrong)]
     state.https_port = servers[0].server_address[1]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
+            "wrong_name_port": servers[2].server_address[1],
             "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
