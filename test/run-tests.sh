@@ -5,11 +5,12 @@
 #   unit      C unit tests of src/ (ASan/UBSan build), no Lua, no network
 #   busted    the specs against build/cmsrec.so and the mock CMS
 #   asan      the same specs against build/asan/cmsrec.so under AddressSanitizer
+#   leak      LeakSanitizer: leaked bytes must not grow with the workload
 #   luarocks  `luarocks make --deps-mode=none` into a scratch tree, then a download
 # Each suite prints TAP; a suite that dies without reporting counts as one failure.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-SUITES=${SUITES:-"unit busted asan luarocks"}
+SUITES=${SUITES:-"unit busted asan leak luarocks"}
 LUA=${LUA:-lua5.4}
 log=$(mktemp -d /tmp/cmsrec-tests.XXXXXX)
 trap 'rm -rf "$log"' EXIT INT TERM
@@ -50,6 +51,7 @@ for suite in $SUITES; do
         run_suite asan env CMSREC_CPATH='build/asan/?.so' LD_PRELOAD="$asan_lib $ubsan_lib" \
             ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
             busted --lua="$LUA" -o TAP spec/ ;;
+    leak) run_suite leak sh test/leak-check.sh ;;
     luarocks) run_suite luarocks sh test/luarocks-install.sh ;;
     *) echo "unknown suite '$suite'"; failed=$((failed + 1)) ;;
     esac
