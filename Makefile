@@ -21,7 +21,7 @@ ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-s
 DEB_PACKAGES = make gcc pkg-config lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev \
                libssl-dev libzip-dev luarocks lua-busted python3 openssl ca-certificates
 
-.PHONY: all deps build demo check test asan unit clean
+.PHONY: all deps build demo check test asan bench clean
 
 all: build
 
@@ -62,6 +62,11 @@ check: deps
 asan: deps
 	@$(MAKE) --no-print-directory build/asan/cmsrec.so
 	@SUITES=asan sh test/run-tests.sh
+
+# Throughput and memory against the mock CMS; figures are recorded in BENCHMARKS.md.
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@CMSREC_CPATH='build/?.so' $(LUA) bench/run.lua
 
 clean:
 	rm -rf build
