@@ -42,4 +42,7 @@ build = {
          libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(LIBZIP_LIBDIR)" },
       },
    },
+   install = {
+      bin = { cmsrec = "bin/cmsrec" },
+   },
 }

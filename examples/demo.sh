@@ -1,8 +1,10 @@
 #!/bin/sh
-# make demo: start the bundled mock CMS on loopback, download a recording with
-# examples/download.lua, show its type, size and checksum, show one error, stop.
+# make demo: start the bundled mock CMS on loopback, download recordings with the
+# cmsrec command and with examples/download.lua, show what came back (type,
+# bytes, checksum) and one error case, then stop the mock.
 set -eu
 cd "$(dirname "$0")/.."
+top=$PWD
 work=$(mktemp -d /tmp/cmsrec-demo.XXXXXX)
 mock_pid=
 cleanup() {
@@ -19,19 +21,24 @@ while [ ! -s "$work/mock/ready.json" ]; do
     sleep 0.05
 done
 port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["https_port"])' "$work/mock/ready.json")
-echo "mock CMS listening on https://127.0.0.1:$port (its own CA: $work/mock/ca.pem)"
+echo "mock CMS on https://127.0.0.1:$port, with its own CA ($work/mock/ca.pem)"
 
-export LUA_CPATH="$PWD/build/?.so;;"
+export LUA_CPATH="$top/build/?.so;;"
 export CMSREC_URL="https://127.0.0.1:$port" CMSREC_AK=mock-ak CMSREC_SK=mock-sk-0123456789abcdef
 export CMSREC_CAFILE="$work/mock/ca.pem"
+mkdir "$work/out"
+cd "$work/out"
+run() { echo; echo "\$ $*"; "$@"; }
+cmsrec() { lua5.4 "$top/bin/cmsrec" "$@"; }
 
-echo
-echo "\$ lua5.4 examples/download.lua 1748587841-77268"
-(cd "$work" && lua5.4 "$OLDPWD/examples/download.lua" 1748587841-77268)
-echo "bytes:  $(wc -c <"$work/1748587841-77268.wav")"
-echo "sha256: $(sha256sum "$work/1748587841-77268.wav" | cut -d' ' -f1)"
-echo "served: $(python3 test/mockctl.py "$work/mock" expect 1748587841-77268)"
+run cmsrec get --call-id 1748587841-77268
+echo "served by the mock: $(python3 "$top/test/mockctl.py" "$work/mock" expect 1748587841-77268)"
+run cmsrec get --call-id wav-30000000 -o big.wav
+run cmsrec get --call-id zip-3 --unzip --json -o .
+run lua5.4 "$top/examples/download.lua" 1748587841-77268 example.wav
+echo; echo "\$ ls -l"; ls -l
 
-echo
-echo "\$ lua5.4 examples/download.lua notfound    # the seed's error, sent with HTTP 200"
-(cd "$work" && lua5.4 "$OLDPWD/examples/download.lua" notfound) || echo "(exit status $?)"
+echo; echo "# the seed's error answer, which real servers send with HTTP 200:"
+rc=0
+run cmsrec get --call-id notfound || rc=$?
+echo "(exit status $rc: 3 = API error)"

@@ -21,7 +21,7 @@ tap() { # tap STATUS NAME
 
 # Build from a copy of the tracked sources: luarocks make writes objects in place.
 mkdir -p "$work/src" "$work/tree"
-cp lua_cmsrec.c cmsrec-*.rockspec "$work/src/" && cp -r src "$work/src/src"
+cp lua_cmsrec.c cmsrec-*.rockspec "$work/src/" && cp -r src bin "$work/src/"
 ma=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || cc -print-multiarch)
 (cd "$work/src" && luarocks --lua-version="$LUAV" make --deps-mode=none --tree="$work/tree" \
     cmsrec-*.rockspec CURL_INCDIR="/usr/include/$ma" OPENSSL_INCDIR=/usr/include \
@@ -34,6 +34,7 @@ so="$work/tree/lib/lua/$LUAV/cmsrec.so"
 test -f "$so"
 tap $? "the module is installed at lib/lua/$LUAV/cmsrec.so"
 
+export CMSREC_SK=mock-sk-0123456789abcdef
 python3 test/mock_cms.py --state-dir "$work/mock" --max-lifetime 300 >"$work/mock.log" 2>&1 &
 mock_pid=$!
 i=0
@@ -56,5 +57,14 @@ tap $? "the installed module downloads from the mock CMS"
 got=$(sha256sum "$work/out.wav" 2>/dev/null | cut -d' ' -f1)
 [ -n "$want" ] && [ "$got" = "$want" ]
 tap $? "the downloaded bytes match the served sha256"
+# The command-line tool is installed by the rock and runs on the installed module.
+test -x "$work/tree/bin/cmsrec"
+tap $? "the rock installs bin/cmsrec"
+out=$(LUA_CPATH="$work/tree/lib/lua/$LUAV/?.so;;" "$work/tree/bin/cmsrec" get --quiet \
+    --url "https://127.0.0.1:$port" --ak mock-ak --cafile "$work/mock/ca.pem" \
+    --call-id wav-123456 -o "$work/cli.wav" 2>&1 </dev/null) &&
+    [ "$(sha256sum "$work/cli.wav" | cut -d' ' -f1)" = "$want" ]
+tap $? "the installed cmsrec command downloads the same bytes"
+[ "$fail" -eq 0 ] || echo "$out" | sed 's/^/# /'
 echo "1..$n"
 exit $fail
