@@ -588,7 +588,7 @@ static scratch *new_scratch(lua_State *L)
     cms_buf_init(&s->body);
     cms_signature_init(&s->sig);
     cms_response_init(&s->resp);
-    cms_mem_sink_init(&s->mem, 0);
+    cms_mem_sink_init(&s->mem);
     s->file.fd = -1;
     cms_zip_list_init(&s->zip);
     luaL_getmetatable(L, SCRATCH_MT);
@@ -867,16 +867,6 @@ typedef struct dl_ctx {
     long long reported; /* last `received` given to on_progress, -1 before */
 } dl_ctx;
 
-static int lua_sink_begin(void *ud, long long total, cms_format fmt, cms_error *err)
-{
-    dl_ctx *d = ud;
-    (void)fmt;
-    if (d->plan->max_size > 0 && total > d->plan->max_size)
-        return cms_error_set(err, CMS_E_TOO_LARGE, "the recording is larger than max_size "
-                             "(%lld bytes): the server announced more", d->plan->max_size);
-    return 0;
-}
-
 /* opts.sink(chunk): nil, msg or false aborts with kind io. */
 static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
 {
@@ -884,9 +874,6 @@ static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
     lua_State *L = d->L;
     int failed;
 
-    if (d->plan->max_size > 0 && d->s->resp.bytes + (long long)n > d->plan->max_size)
-        return cms_error_set(err, CMS_E_TOO_LARGE, "the recording is larger than max_size "
-                             "(%lld bytes)", d->plan->max_size);
     if (cms_sha256_update(&d->s->sha, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
     lua_pushvalue(L, d->plan->sink);
@@ -970,6 +957,7 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
     scratch *s = d->s;
 
     memset(io, 0, sizeof *io);
+    io->max_size = p->max_size;
     if (p->on_progress) {
         io->progress = lua_progress;
         io->progress_ud = d;
@@ -979,17 +967,16 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
         if (p->unzip && (stat(p->path, &st) != 0 || !S_ISDIR(st.st_mode)))
             return cms_error_field(err, "path", "unzip = true needs an existing directory, "
                                    "and '%.200s' is not one", p->path);
-        if (cms_file_sink_open(&s->file, p->path, call_id, p->max_size, err) != 0)
+        if (cms_file_sink_open(&s->file, p->path, call_id, err) != 0)
             return -1;
         io->sink = cms_file_sink_callbacks(&s->file);
     } else if (p->sink) {
         if (cms_sha256_init(&s->sha) != 0)
             return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-        io->sink.begin = lua_sink_begin;
         io->sink.write = lua_sink_write;
         io->sink.ud = d;
     } else {
-        cms_mem_sink_init(&s->mem, p->max_size);
+        cms_mem_sink_init(&s->mem);
         io->sink = cms_mem_sink_callbacks(&s->mem);
     }
     return 0;
@@ -1140,18 +1127,25 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     return lua_gettop(L) - base;
 }
 
+/* What download and download_file share: the client, req at 2, at most `nargs`. */
+static client *begin_download(lua_State *L, int nargs, dl_plan *p)
+{
+    client *c = check_client(L, 1);
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= nargs, nargs + 1, "found too many arguments");
+    lua_settop(L, nargs);
+    memset(p, 0, sizeof *p);
+    p->req = 2;
+    return c;
+}
+
 /* client:download(req[, opts]) -> data, info | nil, err */
 static int l_download(lua_State *L)
 {
-    client *c = check_client(L, 1);
     dl_plan p;
+    client *c = begin_download(L, 3, &p);
 
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
-    lua_settop(L, 3);
-    memset(&p, 0, sizeof p);
-    p.req = 2;
-    p.max_size = c->max_size;
     read_opts(L, 3, "client:download", download_opts, 2, &p);
     if (!p.max_size)
         p.max_size = c->max_size;
@@ -1162,14 +1156,9 @@ static int l_download(lua_State *L)
 /* client:download_file(req, path[, opts]) -> info | nil, err */
 static int l_download_file(lua_State *L)
 {
-    client *c = check_client(L, 1);
     dl_plan p;
+    client *c = begin_download(L, 4, &p);
 
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_argcheck(L, lua_gettop(L) <= 4, 5, "found too many arguments");
-    lua_settop(L, 4);
-    memset(&p, 0, sizeof p);
-    p.req = 2;
     p.path = luaL_optstring(L, 3, NULL);
     read_opts(L, 4, "client:download_file", file_opts, 4, &p);
     if (!p.path == !p.sink)

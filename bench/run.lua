@@ -10,23 +10,15 @@ local H = require "spec.helper"
 local mock = H.mock.start()
 local dir = H.tmpdir()
 
-local PRELUDE = ([[
-  local cmsrec = require "cmsrec"
-  local function kb(field)
-    for line in io.lines("/proc/self/status") do
-      local v = line:match("^" .. field .. ":%%s+(%%d+)")
-      if v then return tonumber(v) end
-    end
-  end
+-- H.run_measured gives each body `cmsrec`, `client`, `kb(field)` and `rss0`.
+local NOW = [[
   local function now()
-    local f = io.popen("date +%%s.%%N"); local t = tonumber(f:read("*l")); f:close(); return t
+    local f = io.popen("date +%s.%N"); local t = tonumber(f:read("*l")); f:close(); return t
   end
-  local client = cmsrec.new{ base_url = %q, ak = %q, sk = %q, cafile = %q }
-  local rss0 = kb("VmRSS")
-]]):format(mock.url, H.AK, H.SK, mock.ca)
+]]
 
 local function run(name, body)
-  local out = H.run_lua(PRELUDE .. body)
+  local out = H.run_measured(NOW .. body)
   local line = out:match("RESULT ([^\n]+)")
   print(("%-44s %s"):format(name, line or ("FAILED: " .. out)))
 end

@@ -16,14 +16,7 @@ end
 
 describe("client:download", function()
   local client
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
   before_each(function() mock.reset() end)
 
   it("downloads the seed's call ID, signed so that the mock verifies it", function()
@@ -86,9 +79,7 @@ describe("client:download", function()
   end)
 
   it("signs only host when configured so", function()
-    local c = H.client{ signed_headers = { "host" } }
-    local data = c:download{ callID = "wav-2000" }
-    c:close()
+    local data = H.download_with({ signed_headers = { "host" } }, { callID = "wav-2000" })
     assert.equal(2000, #data)
     local last = mock.stats().last
     assert.is_true(last.auth_ok)
@@ -114,9 +105,7 @@ describe("client:download", function()
   end)
 
   it("signs the path as sent when base_url carries a prefix", function()
-    local c = H.client{ base_url = mock.url .. "/gateway/" }
-    local data = c:download{ callID = "wav-100" }
-    c:close()
+    local data = H.download_with({ base_url = mock.url .. "/gateway/" }, { callID = "wav-100" })
     assert.equal(100, #data)
     local last = mock.stats().last
     assert.equal("/gateway" .. cmsrec.DEFAULT_PATH, last.path)
@@ -124,9 +113,7 @@ describe("client:download", function()
   end)
 
   it("talks plain HTTP only when allow_http is set", function()
-    local c = H.client{ base_url = mock.http_url, allow_http = true }
-    local data = c:download{ callID = "wav-500" }
-    c:close()
+    local data = H.download_with({ base_url = mock.http_url, allow_http = true }, { callID = "wav-500" })
     assert.equal(500, #data)
   end)
 

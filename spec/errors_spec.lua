@@ -13,14 +13,7 @@ end
 
 describe("errors", function()
   local client
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
 
   it("api: the seed's JSON error at HTTP 200 with a text/plain content type", function()
     local err = fails(client, "notfound")
@@ -169,9 +162,7 @@ describe("errors", function()
   end)
 
   it("tls: insecure = true skips verification (and says so)", function()
-    local c = H.client{ cafile = mock.other_ca, insecure = true }
-    local data = c:download{ callID = "wav-100" }
-    c:close()
+    local data = H.download_with({ cafile = mock.other_ca, insecure = true }, { callID = "wav-100" })
     assert.equal(100, #data)
   end)
 

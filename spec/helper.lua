@@ -142,6 +142,47 @@ function H.client(extra)
   return require("cmsrec").new(H.config(extra))
 end
 
+-- Run `body` in a fresh interpreter that has `cmsrec`, a `client` on the mock,
+-- `kb(field)` (a /proc/self/status figure in KiB: VmRSS, VmHWM = peak RSS) and
+-- `rss0` (VmRSS before the body). For memory measurements: nothing else runs there.
+function H.run_measured(body)
+  return H.run_lua(([[
+    local cmsrec = require "cmsrec"
+    local function kb(field)
+      for line in io.lines("/proc/self/status") do
+        local v = line:match("^" .. field .. ":%%s+(%%d+)")
+        if v then return tonumber(v) end
+      end
+    end
+    local client = cmsrec.new{ base_url = %q, ak = %q, sk = %q, cafile = %q }
+    local rss0 = kb("VmRSS")
+  ]]):format(mock.url, H.AK, H.SK, mock.ca) .. body)
+end
+
+-- For a describe block: start the mock and a client before its tests, stop both
+-- after. `set_client` receives the client (busted's setup/teardown are passed in
+-- because they live in the spec files' environment).
+function H.with_mock(setup, teardown, set_client)
+  local client
+  setup(function()
+    mock.start()
+    client = H.client()
+    if set_client then set_client(client) end
+  end)
+  teardown(function()
+    if client then client:close() end
+    mock.stop()
+  end)
+end
+
+-- One download on a client of its own configuration, closed afterwards.
+function H.download_with(extra, req, opts)
+  local c = H.client(extra)
+  local data, info = c:download(req, opts)
+  c:close()
+  return data, info
+end
+
 -- Every string value of an error table, and its tostring, must not hold the SK.
 -- (Plain assert: busted's assert lives in the spec files' environment.)
 function H.assert_no_secret(err)

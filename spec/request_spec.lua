@@ -4,14 +4,7 @@ local mock = H.mock
 
 describe("request validation", function()
   local client
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
 
   local cases = {
     { {}, "callID", "'callID' is required" },

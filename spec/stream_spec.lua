@@ -5,14 +5,7 @@ local mock = H.mock
 
 describe("client:download_file", function()
   local client, dir
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
   before_each(function() dir = H.tmpdir() end)
   after_each(function() H.rmrf(dir) end)
 
@@ -131,14 +124,7 @@ end)
 
 describe("opts.sink", function()
   local client
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
 
   it("streams every byte to a Lua function", function()
     local chunks = {}
@@ -181,14 +167,7 @@ end)
 
 describe("progress and max_size", function()
   local client
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
 
   it("reports progress at a bounded rate, ending with the full size", function()
     local calls, t0 = {}, os.time()
@@ -245,19 +224,8 @@ describe("memory", function()
 
   -- VmHWM is the process's peak RSS; the child does nothing but the download.
   local function peak_rss_mb(code)
-    local out = H.run_lua(([[
-      local cmsrec = require "cmsrec"
-      local function kb(field)
-        for line in io.lines("/proc/self/status") do
-          local v = line:match("^" .. field .. ":%%s+(%%d+)")
-          if v then return tonumber(v) end
-        end
-      end
-      local client = cmsrec.new{ base_url = %q, ak = %q, sk = %q, cafile = %q }
-      local before = kb("VmRSS")
-      %s
-      print(("peak_mb=%%.1f before_mb=%%.1f"):format(kb("VmHWM") / 1024, before / 1024))
-    ]]):format(mock.url, H.AK, H.SK, mock.ca, code))
+    local out = H.run_measured(code ..
+      '\nprint(("peak_mb=%.1f before_mb=%.1f"):format(kb("VmHWM") / 1024, rss0 / 1024))')
     local peak, before = out:match("peak_mb=([%d.]+) before_mb=([%d.]+)")
     assert(peak, out)
     return tonumber(peak), tonumber(before), out

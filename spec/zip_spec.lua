@@ -5,14 +5,7 @@ local mock = H.mock
 
 describe("ZIP bundles", function()
   local client, dir
-  setup(function()
-    mock.start()
-    client = H.client()
-  end)
-  teardown(function()
-    if client then client:close() end
-    mock.stop()
-  end)
+  H.with_mock(setup, teardown, function(c) client = c end)
   before_each(function() dir = H.tmpdir() end)
   after_each(function() H.rmrf(dir) end)
 

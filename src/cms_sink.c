@@ -11,10 +11,9 @@
 
 /* ===== MEMORY ===== */
 
-void cms_mem_sink_init(cms_mem_sink *m, long long max_size)
+void cms_mem_sink_init(cms_mem_sink *m)
 {
     cms_buf_init(&m->buf);
-    m->max_size = max_size;
 }
 
 void cms_mem_sink_free(cms_mem_sink *m)
@@ -22,20 +21,11 @@ void cms_mem_sink_free(cms_mem_sink *m)
     cms_buf_free(&m->buf);
 }
 
-static int too_large(cms_error *err, long long max_size, const char *how)
-{
-    return cms_error_set(err, CMS_E_TOO_LARGE,
-                         "the recording is larger than max_size (%lld bytes)%s",
-                         max_size, how);
-}
-
 static int mem_begin(void *ud, long long total, cms_format fmt, cms_error *err)
 {
     cms_mem_sink *m = ud;
 
     (void)fmt;
-    if (m->max_size > 0 && total > m->max_size)
-        return too_large(err, m->max_size, ": the server announced more");
     /* the length is known: allocate once, no doubling while receiving */
     if (total > 0 && (unsigned long long)total < (size_t)-1 / 2 &&
         cms_buf_reserve(&m->buf, (size_t)total) != 0)
@@ -48,8 +38,6 @@ static int mem_write(void *ud, const char *p, size_t n, cms_error *err)
 {
     cms_mem_sink *m = ud;
 
-    if (m->max_size > 0 && (long long)(m->buf.len + n) > m->max_size)
-        return too_large(err, m->max_size, "");
     if (cms_buf_append(&m->buf, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory while receiving the recording");
     return 0;
@@ -184,13 +172,12 @@ static mode_t current_umask(void)
 }
 
 int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
-                       long long max_size, cms_error *err)
+                       cms_error *err)
 {
     const char *name;
 
     memset(f, 0, sizeof *f);
     f->fd = -1;
-    f->max_size = max_size;
     if (split_destination(f, path, call_id, err) != 0)
         return -1;
     if (cms_sha256_init(&f->sha) != 0)
@@ -216,9 +203,8 @@ static int file_begin(void *ud, long long total, cms_format fmt, cms_error *err)
 {
     cms_file_sink *f = ud;
 
+    (void)total, (void)err;
     f->format = fmt;
-    if (f->max_size > 0 && total > f->max_size)
-        return too_large(err, f->max_size, ": the server announced more");
     return 0;
 }
 
@@ -226,8 +212,6 @@ static int file_write(void *ud, const char *p, size_t n, cms_error *err)
 {
     cms_file_sink *f = ud;
 
-    if (f->max_size > 0 && f->written + (long long)n > f->max_size)
-        return too_large(err, f->max_size, "");
     if (cms_sha256_update(&f->sha, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
     while (n > 0) {

@@ -1,9 +1,8 @@
 /*
  * cms_sink: where a recording goes, as cms_sink callbacks for cms_transfer.
  *
- *   memory  a cms_buf, allocated once when Content-Length is known, bounded
- *           by max_size (kind too_large, decided before reading when the
- *           length is announced)
+ *   memory  a cms_buf, allocated once when Content-Length is known (the
+ *           transfer enforces max_size before any sink sees a byte)
  *   file    a temporary file beside the destination, fsync'ed and renamed
  *           into place by cms_file_sink_commit(); anything else removes it,
  *           so a failed download leaves no partial file and an existing file
@@ -23,10 +22,9 @@
 
 typedef struct cms_mem_sink {
     cms_buf buf;
-    long long max_size; /* 0 = no limit */
 } cms_mem_sink;
 
-void cms_mem_sink_init(cms_mem_sink *m, long long max_size);
+void cms_mem_sink_init(cms_mem_sink *m);
 void cms_mem_sink_free(cms_mem_sink *m);
 cms_sink cms_mem_sink_callbacks(cms_mem_sink *m);
 
@@ -47,7 +45,6 @@ typedef struct cms_file_sink {
     char *tmp;       /* the temporary file while it exists */
     int fd;
     cms_format format;
-    long long max_size;
     long long written;
     cms_sha256 sha;
     char sha256[65]; /* set by commit */
@@ -59,7 +56,7 @@ typedef struct cms_file_sink {
  * unwritable destination fails before anything is sent.
  */
 int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
-                       long long max_size, cms_error *err);
+                       cms_error *err);
 cms_sink cms_file_sink_callbacks(cms_file_sink *f);
 /* fsync, rename into place, fsync the directory. */
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err);

@@ -102,6 +102,20 @@ static void on_first_byte(transfer_ctx *ctx)
         ctx->resp->total = (long long)cl;
 }
 
+/* max_size for every sink: from Content-Length before reading, else as bytes come. */
+static int within_limit(transfer_ctx *ctx, size_t more)
+{
+    long long max = ctx->io->max_size;
+    cms_response *r = ctx->resp;
+
+    if (max <= 0 || (r->total <= max && r->bytes + (long long)more <= max))
+        return 0;
+    ctx->failed = 1;
+    return cms_error_set(ctx->err, CMS_E_TOO_LARGE,
+                         "the recording is larger than max_size (%lld bytes)%s", max,
+                         r->total > max ? ": the server announced more" : "");
+}
+
 /* Sniff what was held back: a recording starts the sink, JSON stays here. */
 static int decide_route(transfer_ctx *ctx)
 {
@@ -115,7 +129,9 @@ static int decide_route(transfer_ctx *ctx)
     }
     ctx->route = ROUTE_SINK;
     r->sunk = 1;
-    if (ctx->io->sink.begin(ctx->io->sink.ud, r->total, r->format, ctx->err) != 0 ||
+    if (within_limit(ctx, held->len) != 0 ||
+        (ctx->io->sink.begin &&
+         ctx->io->sink.begin(ctx->io->sink.ud, r->total, r->format, ctx->err) != 0) ||
         ctx->io->sink.write(ctx->io->sink.ud, held->data, held->len, ctx->err) != 0)
         return -1;
     r->bytes = (long long)held->len;
@@ -167,7 +183,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
         return size * n;
     if (ctx->route == ROUTE_ANSWER)
         return keep_answer(ctx, p, len) == 0 ? size * n : 0;
-    if (ctx->io->sink.write(ctx->io->sink.ud, p, len, ctx->err) != 0) {
+    if (within_limit(ctx, len) != 0 ||
+        ctx->io->sink.write(ctx->io->sink.ud, p, len, ctx->err) != 0) {
         ctx->failed = 1;
         return 0;
     }

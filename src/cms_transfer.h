@@ -36,7 +36,7 @@ typedef struct cms_transfer_config {
     long connect_timeout_ms;  /* 0 = libcurl's default */
 } cms_transfer_config;
 
-/* Where a recording goes. begin() is called once, before the first write(). */
+/* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
 typedef struct cms_sink {
     /* total: Content-Length or -1; fmt: what the first bytes say. */
     int (*begin)(void *ud, long long total, cms_format fmt, cms_error *err);
@@ -66,6 +66,7 @@ typedef struct cms_response {
 
 typedef struct cms_transfer_io {
     cms_sink sink;
+    long long max_size;       /* 0 = none; more is kind too_large, whatever the sink */
     cms_progress_fn progress; /* may be NULL */
     void *progress_ud;
 } cms_transfer_io;
