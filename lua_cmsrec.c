@@ -33,6 +33,7 @@
 #define CMSREC_VERSION "0.1.0"
 #define CMSREC_DEFAULT_PATH "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
 #define CMSREC_DEFAULT_MAX_SIZE (1LL << 30) /* in-memory downloads: 1 GiB */
+#define CMSREC_DEFAULT_UNZIP_MAX (4LL << 30) /* what a bundle may unpack to: 4 GiB */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
@@ -804,8 +805,13 @@ static const char *json_text(lua_State *L, const char *key, char *out, size_t ca
     n = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
     if (t == LUA_TNUMBER && n > -1e15 && n < 1e15 && n == (lua_Number)(long long)n)
         snprintf(out, cap, "%lld", (long long)n); /* cjson decodes 1 as 1.0 */
-    else if (t == LUA_TSTRING || t == LUA_TNUMBER)
+    else if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+        char *c;
         cms_strlcpy(out, lua_tostring(L, -1), cap);
+        for (c = out; *c; c++) /* server text ends up on terminals: no escapes */
+            if ((unsigned char)*c < 0x20 || *c == 0x7F)
+                *c = '?';
+    }
     lua_pop(L, 1);
     return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
 }
@@ -836,6 +842,13 @@ static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_e
     } else if (r->body.len == 0) {
         cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with an empty body",
                       r->status);
+    } else if (fmt == CMS_FMT_TEXT) {
+        char excerpt[160];
+        size_t skip = strspn(r->body.data, " \t\r\n");
+        cms_buf rest = {r->body.data + skip, r->body.len - skip, 0};
+        body_excerpt(&rest, excerpt, sizeof excerpt);
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with text, not a "
+                      "recording: %s", r->status, *excerpt ? excerpt : "(blank)");
     } else if (!r->truncated && decode_json(L, cjson, &r->body)) {
         cms_classify_result(r->status, json_text(L, "resultCode", code, sizeof code),
                             json_text(L, "resultDesc", desc, sizeof desc), err);
@@ -1001,12 +1014,15 @@ static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
         cms_zip_source src;
         src.data = NULL;
         src.len = 0;
-        src.path = f->tmp;
+        src.path = NULL;
+        src.fd = cms_file_sink_fd(f);
         if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
             return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
         memcpy(sha_hex, f->sha256, 65);
         /* the archive stays a temporary file: cms_file_sink_close removes it */
-        return cms_zip_extract(&src, f->dir, d->plan->max_size, &s->zip, err);
+        return cms_zip_extract(&src, f->dir, d->plan->max_size ? d->plan->max_size
+                                                                : CMSREC_DEFAULT_UNZIP_MAX,
+                               &s->zip, err);
     }
     if (cms_file_sink_commit(f, err) != 0)
         return -1;
@@ -1170,33 +1186,44 @@ static int l_download_file(lua_State *L)
     return run_download(L, c, &p, lua_gettop(L));
 }
 
-/* cmsrec.unzip(data_or_path[, dir]) -> members | nil, err */
+static const char *const unzip_opts[] = {"max_size"};
+
+/* cmsrec.unzip(data_or_path[, dir[, opts]]) -> members | nil, err */
 static int l_unzip(lua_State *L)
 {
     size_t len;
     const char *src_str = luaL_checklstring(L, 1, &len);
     const char *dir = luaL_optstring(L, 2, NULL);
+    long long max_total = CMSREC_DEFAULT_UNZIP_MAX;
     cms_zip_source src;
     cms_error err;
     scratch *s;
     int rc;
 
-    luaL_argcheck(L, lua_gettop(L) <= 2, 3, "found too many arguments");
-    lua_settop(L, 2);
-    s = new_scratch(L);
-    /* bytes of an archive start with a ZIP signature; anything else is a path */
-    src.data = len >= 4 && memcmp(src_str, "PK", 2) == 0 ? src_str : NULL;
+    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_keys(L, 3, "cmsrec.unzip", unzip_opts, 1);
+        if (opt_size(L, 3, "cmsrec.unzip", "max_size"))
+            max_total = opt_size(L, 3, "cmsrec.unzip", "max_size");
+    }
+    s = new_scratch(L); /* 4 */
+    /* archive bytes start with "PK"; a path holds no NUL and is short */
+    src.data = (len >= 2 && memcmp(src_str, "PK", 2) == 0) || strlen(src_str) != len ||
+                       len > 4096 ? src_str : NULL;
     src.len = src.data ? len : 0;
     src.path = src.data ? NULL : src_str;
+    src.fd = -1;
     cms_error_clear(&err);
-    rc = dir ? cms_zip_extract(&src, dir, 0, &s->zip, &err)
-             : cms_zip_read(&src, 0, &s->zip, &err);
+    rc = dir ? cms_zip_extract(&src, dir, max_total, &s->zip, &err)
+             : cms_zip_read(&src, max_total, &s->zip, &err);
     if (rc != 0) {
-        scratch_release(L, 3);
+        scratch_release(L, 4);
         return push_error(L, &err);
     }
     push_zip_list(L, &s->zip, dir == NULL);
-    scratch_release(L, 3);
+    scratch_release(L, 4);
     return 1;
 }
 

@@ -80,6 +80,10 @@ function H.ls(dir)
   return table.concat(names, " ")
 end
 
+function H.exists(path)
+  return os.execute("test -e '" .. path .. "' -o -L '" .. path .. "'") == true
+end
+
 -- True when this process runs under AddressSanitizer (memory figures are meaningless).
 function H.under_asan()
   return (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil

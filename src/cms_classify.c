@@ -3,22 +3,42 @@
 
 #include <string.h>
 
+/* Offset of the first byte after a UTF-8 BOM and whitespace. */
+static size_t skip_blank(const unsigned char *p, size_t n)
+{
+    size_t i = n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
+        i++;
+    return i;
+}
+
 cms_format cms_sniff(const unsigned char *p, size_t n)
 {
-    size_t i = 0;
+    size_t i;
 
     if (n >= 4 && memcmp(p, "PK\3\4", 4) == 0)
         return CMS_FMT_ZIP;
     if (n >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WAVE", 4) == 0)
         return CMS_FMT_WAV;
-    /* JSON results may come with a UTF-8 BOM or leading whitespace */
-    if (n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
-        i = 3;
-    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
-        i++;
+    /* answers may come after a BOM or whitespace; no recording starts so */
+    i = skip_blank(p, n);
     if (i < n && p[i] == '{')
         return CMS_FMT_JSON;
+    if (i == n || p[i] == '<' || p[i] == '[')
+        return CMS_FMT_TEXT;
     return CMS_FMT_UNKNOWN;
+}
+
+int cms_sniff_ready(const unsigned char *p, size_t n)
+{
+    size_t i = skip_blank(p, n);
+
+    if (n >= CMS_SNIFF_MAX)
+        return 1;
+    if (i == n)
+        return 0; /* only blanks so far: an answer may still follow */
+    return n >= CMS_SNIFF_BYTES || p[i] == '{' || p[i] == '<' || p[i] == '[';
 }
 
 const char *cms_format_name(cms_format f)
@@ -27,6 +47,7 @@ const char *cms_format_name(cms_format f)
     case CMS_FMT_WAV: return "wav";
     case CMS_FMT_ZIP: return "zip";
     case CMS_FMT_JSON: return "json";
+    case CMS_FMT_TEXT: return "text";
     default: return "unknown";
     }
 }

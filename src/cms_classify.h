@@ -18,16 +18,21 @@
 #include "cms_error.h"
 
 typedef enum cms_format {
-    CMS_FMT_UNKNOWN,
+    CMS_FMT_UNKNOWN, /* binary, but neither WAV nor ZIP: still a recording */
     CMS_FMT_WAV,
     CMS_FMT_ZIP,
-    CMS_FMT_JSON
+    CMS_FMT_JSON,    /* a JSON object: a CMS result, never a recording */
+    CMS_FMT_TEXT     /* HTML, XML, a JSON array, only whitespace: never a recording */
 } cms_format;
 
 /* Bytes needed to tell every format apart ("RIFF" size "WAVE"). */
 #define CMS_SNIFF_BYTES 12
+/* Leading whitespace (before a JSON error, say) is skipped up to this many bytes. */
+#define CMS_SNIFF_MAX 1024
 
 cms_format cms_sniff(const unsigned char *p, size_t n);
+/* 1 when the first `n` bytes are enough for cms_sniff (or n >= CMS_SNIFF_MAX). */
+int cms_sniff_ready(const unsigned char *p, size_t n);
 const char *cms_format_name(cms_format f);
 /* File name extension for a format, without the dot. */
 const char *cms_format_ext(cms_format f);

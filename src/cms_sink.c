@@ -1,4 +1,5 @@
 /* cms_sink: memory and file destinations of a recording (see cms_sink.h). */
+#define _GNU_SOURCE /* O_TMPFILE, linkat */
 #include "cms_sink.h"
 
 #include <errno.h>
@@ -6,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ===== MEMORY ===== */
@@ -171,20 +174,22 @@ static mode_t current_umask(void)
     return mask;
 }
 
-int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
-                       cms_error *err)
+/*
+ * The temporary file. Where the file system supports it, an unnamed
+ * O_TMPFILE file: if the process is killed, nothing is left behind. Else a
+ * hidden ".cmsrec-XXXXXX" beside the destination, removed on failure.
+ */
+static int open_temp(cms_file_sink *f, cms_error *err)
 {
-    const char *name;
-
-    memset(f, 0, sizeof *f);
-    f->fd = -1;
-    if (split_destination(f, path, call_id, err) != 0)
-        return -1;
-    if (cms_sha256_init(&f->sha) != 0)
-        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    name = f->base ? f->base : strrchr(f->path, '/') ? strrchr(f->path, '/') + 1 : f->path;
-    /* hidden, in the same directory so that rename() is atomic */
-    f->tmp = str_printf("%s/.%s.part-XXXXXX", f->dir, name);
+#ifdef O_TMPFILE
+    /* the umask applies; read-write because unzip reads the download back */
+    f->fd = open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+    if (f->fd >= 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return io_error(err, "creating a file in", f->dir, errno);
+#endif
+    f->tmp = str_printf("%s/%s", f->dir, ".cmsrec-XXXXXX");
     if (!f->tmp)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory");
     f->fd = mkstemp(f->tmp);
@@ -197,6 +202,18 @@ int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
     /* mkstemp makes 0600; the result should look like any file the user writes */
     fchmod(f->fd, 0666 & ~current_umask());
     return 0;
+}
+
+int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
+                       cms_error *err)
+{
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    if (split_destination(f, path, call_id, err) != 0)
+        return -1;
+    if (cms_sha256_init(&f->sha) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    return open_temp(f, err);
 }
 
 static int file_begin(void *ud, long long total, cms_format fmt, cms_error *err)
@@ -218,8 +235,8 @@ static int file_write(void *ud, const char *p, size_t n, cms_error *err)
         ssize_t w = write(f->fd, p, n);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w < 0)
-            return io_error(err, "writing", f->tmp, errno);
+        if (w <= 0)
+            return io_error(err, "writing in", f->dir, w < 0 ? errno : EIO);
         p += w;
         n -= (size_t)w;
         f->written += w;
@@ -239,7 +256,7 @@ cms_sink cms_file_sink_callbacks(cms_file_sink *f)
 
 static void fsync_dir(const char *dir)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
     if (fd >= 0) {
         fsync(fd); /* make the rename durable; best effort */
@@ -247,30 +264,55 @@ static void fsync_dir(const char *dir)
     }
 }
 
+/* Give an unnamed temporary file a hidden name, so that it can be renamed. */
+static int name_temp(cms_file_sink *f, cms_error *err)
+{
+    char proc[64];
+    int tries;
+
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", f->fd);
+    for (tries = 0; tries < 16; tries++) {
+        unsigned long long r;
+        char name[32];
+        if (getrandom(&r, sizeof r, 0) != sizeof r)
+            r = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 20) ^ tries;
+        snprintf(name, sizeof name, ".cmsrec-%012llx", r & 0xFFFFFFFFFFFFULL);
+        f->tmp = str_printf("%s/%s", f->dir, name);
+        if (!f->tmp)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, f->tmp, AT_SYMLINK_FOLLOW) == 0)
+            return 0;
+        free(f->tmp);
+        f->tmp = NULL;
+        if (errno != EEXIST)
+            return io_error(err, "naming the download in", f->dir, errno);
+    }
+    return io_error(err, "naming the download in", f->dir, EEXIST);
+}
+
+/* The destination path, in directory mode named from the callID and the format. */
+static int final_path(cms_file_sink *f, cms_error *err)
+{
+    char *base;
+
+    if (f->path)
+        return 0;
+    base = str_printf("%s/%s", f->dir, f->base);
+    f->path = base ? str_printf("%s.%s", base, cms_format_ext(f->format)) : NULL;
+    free(base);
+    return f->path ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+}
+
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err)
 {
-    int fd = f->fd;
-
-    if (!f->path) {
-        f->path = str_printf("%s/%s", f->dir, f->base);
-        if (f->path) {
-            char *full = str_printf("%s.%s", f->path, cms_format_ext(f->format));
-            free(f->path);
-            f->path = full;
-        }
-        if (!f->path)
-            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    }
+    if (final_path(f, err) != 0)
+        return -1;
     if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
-    f->fd = -1;
-    if (fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        return io_error(err, "syncing", f->tmp, e);
-    }
-    if (close(fd) != 0)
-        return io_error(err, "closing", f->tmp, errno);
+    if (fsync(f->fd) != 0)
+        return io_error(err, "syncing the download in", f->dir, errno);
+    if (!f->tmp && name_temp(f, err) != 0)
+        return -1;
     if (rename(f->tmp, f->path) != 0)
         return io_error(err, "renaming the download to", f->path, errno);
     free(f->tmp);
@@ -279,10 +321,15 @@ int cms_file_sink_commit(cms_file_sink *f, cms_error *err)
     return 0;
 }
 
+int cms_file_sink_fd(const cms_file_sink *f)
+{
+    return f->fd;
+}
+
 void cms_file_sink_close(cms_file_sink *f)
 {
     if (f->fd >= 0)
-        close(f->fd);
+        close(f->fd); /* an unnamed temporary file disappears here */
     f->fd = -1;
     if (f->tmp)
         unlink(f->tmp);

@@ -3,7 +3,8 @@
  *
  *   memory  a cms_buf, allocated once when Content-Length is known (the
  *           transfer enforces max_size before any sink sees a byte)
- *   file    a temporary file beside the destination, fsync'ed and renamed
+ *   file    a temporary file in the destination's directory (unnamed, with
+ *           O_TMPFILE, where the file system allows), fsync'ed and renamed
  *           into place by cms_file_sink_commit(); anything else removes it,
  *           so a failed download leaves no partial file and an existing file
  *           untouched. A directory destination is named <callID>.<ext> once
@@ -42,7 +43,7 @@ typedef struct cms_file_sink {
     char *dir;       /* where the file goes */
     char *path;      /* the destination; in directory mode set at commit */
     char *base;      /* directory mode: the safe file name, without extension */
-    char *tmp;       /* the temporary file while it exists */
+    char *tmp;       /* the temporary file's name, NULL while it is unnamed */
     int fd;
     cms_format format;
     long long written;
@@ -60,6 +61,8 @@ int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
 cms_sink cms_file_sink_callbacks(cms_file_sink *f);
 /* fsync, rename into place, fsync the directory. */
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err);
+/* The open temporary file (to read the download back, e.g. to unzip it). */
+int cms_file_sink_fd(const cms_file_sink *f);
 /* Close and remove the temporary file if it is still there; free everything. */
 void cms_file_sink_close(cms_file_sink *f);
 

@@ -123,7 +123,7 @@ static int decide_route(transfer_ctx *ctx)
     cms_buf *held = &r->body;
 
     r->format = cms_sniff((const unsigned char *)held->data, held->len);
-    if (r->format == CMS_FMT_JSON || held->len == 0) {
+    if (r->format == CMS_FMT_JSON || r->format == CMS_FMT_TEXT) {
         ctx->route = ROUTE_ANSWER;
         return 0;
     }
@@ -166,13 +166,14 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     if (!ctx->started)
         on_first_byte(ctx);
     if (ctx->route == ROUTE_UNDECIDED) {
-        size_t want = CMS_SNIFF_BYTES - ctx->resp->body.len;
+        cms_buf *held = &ctx->resp->body;
+        size_t want = CMS_SNIFF_MAX - held->len;
         size_t take = len < want ? len : want;
         if (keep_answer(ctx, p, take) != 0)
             return 0;
         p += take;
         len -= take;
-        if (ctx->resp->body.len < CMS_SNIFF_BYTES)
+        if (!cms_sniff_ready((const unsigned char *)held->data, held->len))
             return size * n;
         if (decide_route(ctx) != 0) {
             ctx->failed = 1;
@@ -200,14 +201,16 @@ static long ms_since(const struct timespec *t)
     return (now.tv_sec - t->tv_sec) * 1000L + (now.tv_nsec - t->tv_nsec) / 1000000L;
 }
 
-/* libcurl calls this often (and during stalls): report at a sensible rate. */
+/* libcurl calls this often, also while waiting for the answer and during
+   stalls: report at a sensible rate, so that a callback can cancel any time
+   (and a Lua signal hook, Ctrl-C in the CLI, gets a chance to run). */
 static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
     transfer_ctx *ctx = ud;
 
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-    if (ctx->route != ROUTE_SINK || ms_since(&ctx->last_progress) < CMS_PROGRESS_INTERVAL_MS)
+    if (ctx->route == ROUTE_ANSWER || ms_since(&ctx->last_progress) < CMS_PROGRESS_INTERVAL_MS)
         return 0;
     clock_gettime(CLOCK_MONOTONIC, &ctx->last_progress);
     if (ctx->io->progress(ctx->io->progress_ud, ctx->resp->bytes, ctx->resp->total,

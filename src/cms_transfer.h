@@ -44,8 +44,9 @@ typedef struct cms_sink {
     void *ud;
 } cms_sink;
 
-/* Progress of the recording: total is -1 when unknown. Return 0 to go on,
-   non-zero to cancel (err set by the callee, else "cancelled"). */
+/* Progress of the recording: received is 0 while waiting for the answer,
+   total -1 when unknown. Return 0 to go on, non-zero to cancel (err set by
+   the callee, else "cancelled"). Never called for an error answer's body. */
 typedef int (*cms_progress_fn)(void *ud, long long received, long long total,
                                cms_error *err);
 

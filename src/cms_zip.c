@@ -1,10 +1,11 @@
 /* cms_zip: libzip reading and safe extraction (see cms_zip.h). */
-#define _XOPEN_SOURCE 700 /* nftw */
+#define _GNU_SOURCE /* nftw, renameat2 */
 #include "cms_zip.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <zip.h>
 
 #define COPY_BLOCK (64 * 1024)
+#define PATH_CAP 4096
 
 void cms_zip_list_init(cms_zip_list *l)
 {
@@ -38,13 +40,17 @@ int cms_zip_name_safe(const char *name)
 {
     const char *p = name;
 
-    if (!*name || name[0] == '/' || strchr(name, '\\') ||
-        (name[0] && name[1] == ':'))
+    if (!*name || name[0] == '/' || strchr(name, '\\') || name[1] == ':' ||
+        strlen(name) > 1024)
         return 0;
-    while (*p) { /* every component: not empty (except a final '/'), not . or .. */
+    for (; *p; p++) /* names end up in messages and on terminals */
+        if ((unsigned char)*p < 0x20 || *p == 0x7F)
+            return 0;
+    for (p = name; *p;) { /* every component: not empty (but a final '/'), not . or .. */
         const char *end = strchr(p, '/');
         size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+        if (n == 0 || n > 255 || (n == 1 && p[0] == '.') ||
+            (n == 2 && p[0] == '.' && p[1] == '.'))
             return 0;
         if (!end)
             break;
@@ -53,45 +59,63 @@ int cms_zip_name_safe(const char *name)
     return 1;
 }
 
+/* ===== OPENING ===== */
+
 static int zip_fail(cms_error *err, const char *what, zip_error_t *ze)
 {
     return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP archive is unusable: %s%s%s", what,
                          ze ? ": " : "", ze ? zip_error_strerror(ze) : "");
 }
 
+static zip_source_t *make_source(const cms_zip_source *src, zip_error_t *ze)
+{
+    FILE *fp;
+    int fd;
+
+    if (src->data)
+        return zip_source_buffer_create(src->data, src->len, 0, ze);
+    if (src->path)
+        return zip_source_file_create(src->path, 0, -1, ze);
+    /* an open file, read through a duplicate that libzip closes */
+    fd = dup(src->fd);
+    fp = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!fp) {
+        if (fd >= 0)
+            close(fd);
+        zip_error_set(ze, ZIP_ER_OPEN, errno);
+        return NULL;
+    }
+    zip_source_t *zs = zip_source_filep_create(fp, 0, -1, ze);
+    if (!zs)
+        fclose(fp);
+    return zs;
+}
+
 static zip_t *open_archive(const cms_zip_source *src, cms_error *err)
 {
     zip_error_t ze;
     zip_source_t *zs;
-    zip_t *za;
+    zip_t *za = NULL;
+    int code;
 
     zip_error_init(&ze);
-    if (src->data)
-        zs = zip_source_buffer_create(src->data, src->len, 0, &ze);
-    else
-        zs = zip_source_file_create(src->path, 0, -1, &ze);
-    if (!zs) {
-        if (!src->data && zip_error_code_system(&ze) != 0)
-            cms_error_set(err, CMS_E_IO, "cannot open '%s': %s", src->path,
-                          zip_error_strerror(&ze));
-        else
-            zip_fail(err, "cannot read it", &ze);
-        zip_error_fini(&ze);
-        return NULL;
+    zs = make_source(src, &ze);
+    if (zs) {
+        za = zip_open_from_source(zs, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
+        if (!za)
+            zip_source_free(zs);
     }
-    za = zip_open_from_source(zs, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
-    if (!za) {
-        int code = zip_error_code_zip(&ze);
-        zip_source_free(zs);
-        if (!src->data && (code == ZIP_ER_NOENT || code == ZIP_ER_OPEN || code == ZIP_ER_READ))
-            cms_error_set(err, CMS_E_IO, "cannot read '%.200s': %s", src->path,
-                          zip_error_strerror(&ze));
-        else
-            zip_fail(err, "not a valid archive", &ze);
-    }
+    code = zip_error_code_zip(&ze);
+    if (!za && src->path && (code == ZIP_ER_NOENT || code == ZIP_ER_OPEN || code == ZIP_ER_READ))
+        cms_error_set(err, CMS_E_IO, "cannot read '%.200s': %s", src->path,
+                      zip_error_strerror(&ze));
+    else if (!za)
+        zip_fail(err, "not a valid archive", &ze);
     zip_error_fini(&ze);
     return za;
 }
+
+/* ===== CHECKING THE MEMBERS ===== */
 
 static int is_symlink(zip_t *za, zip_uint64_t i)
 {
@@ -103,46 +127,95 @@ static int is_symlink(zip_t *za, zip_uint64_t i)
     return opsys == ZIP_OPSYS_UNIX && ((attr >> 16) & S_IFMT) == S_IFLNK;
 }
 
-/* Check every member; fill `out` with the names and sizes of the files. */
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const cms_zip_entry *)a)->name, ((const cms_zip_entry *)b)->name);
+}
+
+/* One member: its name is safe, it is no link, its size adds up within max_total. */
+static int check_member(zip_t *za, zip_int64_t i, zip_stat_t *st, long long max_total,
+                        long long *total, cms_error *err)
+{
+    if (zip_stat_index(za, (zip_uint64_t)i, 0, st) != 0 || !(st->valid & ZIP_STAT_NAME) ||
+        !(st->valid & ZIP_STAT_SIZE))
+        return zip_fail(err, "a member cannot be read", zip_get_error(za));
+    if (!cms_zip_name_safe(st->name)) {
+        char shown[201];
+        size_t k;
+        for (k = 0; k < sizeof shown - 1 && st->name[k]; k++) /* no escapes in messages */
+            shown[k] = (unsigned char)st->name[k] < 0x20 || st->name[k] == 0x7F ? '?'
+                                                                                 : st->name[k];
+        shown[k] = '\0';
+        return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%s' has an unsafe name: "
+                             "it would escape the target directory, or holds control "
+                             "characters", shown);
+    }
+    if (is_symlink(za, (zip_uint64_t)i))
+        return cms_error_set(err, CMS_E_PROTOCOL,
+                             "the ZIP member '%.200s' is a symbolic link", st->name);
+    if (st->size > (zip_uint64_t)(INT64_MAX - *total))
+        return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%.200s' declares an "
+                             "impossible size", st->name);
+    *total += (long long)st->size;
+    if (max_total > 0 && *total > max_total)
+        return cms_error_set(err, CMS_E_TOO_LARGE,
+                             "the ZIP members add up to more than %lld bytes", max_total);
+    return 0;
+}
+
+/* No two members with the same name, no file that is also a directory of another. */
+static int check_names(const cms_zip_list *l, cms_error *err)
+{
+    size_t i;
+
+    for (i = 0; i + 1 < l->n; i++) {
+        const char *a = l->items[i].name;
+        size_t n = strlen(a);
+        size_t j;
+        if (strcmp(a, l->items[i + 1].name) == 0)
+            return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%.200s' appears twice", a);
+        /* sorted: "a/..." comes after "a" and before anything greater than "a/" */
+        for (j = i + 1; j < l->n && strncmp(l->items[j].name, a, n) == 0; j++)
+            if (l->items[j].name[n] == '/')
+                return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%.200s' is both a "
+                                     "file and a directory", a);
+    }
+    return 0;
+}
+
+/* Fill `out` with the file members, sorted by name, every rule checked. */
 static int list_members(zip_t *za, long long max_total, cms_zip_list *out, cms_error *err)
 {
     zip_int64_t count = zip_get_num_entries(za, 0), i;
     long long total = 0;
 
+    if (count > CMS_ZIP_MAX_MEMBERS)
+        return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP archive has too many members "
+                             "(%lld, at most %d)", (long long)count, CMS_ZIP_MAX_MEMBERS);
     out->items = calloc(count > 0 ? (size_t)count : 1, sizeof *out->items);
     if (!out->items)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory");
     for (i = 0; i < count; i++) {
         zip_stat_t st;
-        size_t j;
-        if (zip_stat_index(za, (zip_uint64_t)i, 0, &st) != 0 || !(st.valid & ZIP_STAT_NAME) ||
-            !(st.valid & ZIP_STAT_SIZE))
-            return zip_fail(err, "a member cannot be read", zip_get_error(za));
-        if (!cms_zip_name_safe(st.name))
-            return cms_error_set(err, CMS_E_PROTOCOL,
-                                 "the ZIP member '%.200s' would escape the target directory",
-                                 st.name);
-        if (is_symlink(za, (zip_uint64_t)i))
-            return cms_error_set(err, CMS_E_PROTOCOL,
-                                 "the ZIP member '%.200s' is a symbolic link", st.name);
+        cms_zip_entry *e = &out->items[out->n];
+        if (check_member(za, i, &st, max_total, &total, err) != 0)
+            return -1;
         if (st.name[strlen(st.name) - 1] == '/')
-            continue; /* a directory entry */
-        for (j = 0; j < out->n; j++)
-            if (strcmp(out->items[j].name, st.name) == 0)
-                return cms_error_set(err, CMS_E_PROTOCOL,
-                                     "the ZIP member '%.200s' appears twice", st.name);
-        total += (long long)st.size;
-        if (max_total > 0 && total > max_total)
-            return cms_error_set(err, CMS_E_TOO_LARGE,
-                                 "the ZIP members add up to more than %lld bytes", max_total);
-        out->items[out->n].name = strdup(st.name);
-        out->items[out->n].size = (long long)st.size;
-        out->items[out->n].index = (unsigned long long)i;
-        if (!out->items[out->n++].name)
+            continue; /* a directory entry: directories come from the file names */
+        e->name = strdup(st.name);
+        e->size = (long long)st.size;
+        e->index = (unsigned long long)i;
+        if (!e->name)
             return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        out->n++;
     }
-    return 0;
+    if (out->n == 0)
+        return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP archive holds no files");
+    qsort(out->items, out->n, sizeof *out->items, by_name);
+    return check_names(out, err);
 }
+
+/* ===== READING ===== */
 
 /* Copy member `e` to `fd` (or into `*data`), checking the declared size. */
 static int copy_member(zip_t *za, const cms_zip_entry *e, int fd, char **data,
@@ -157,7 +230,7 @@ static int copy_member(zip_t *za, const cms_zip_entry *e, int fd, char **data,
         return zip_fail(err, "a member cannot be opened", zip_get_error(za));
     if (data && !(*data = malloc(e->size > 0 ? (size_t)e->size : 1))) {
         zip_fclose(zf);
-        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory for '%.200s'", e->name);
     }
     while ((n = zip_fread(zf, buf, sizeof buf)) > 0) {
         if (got + n > e->size)
@@ -204,19 +277,101 @@ int cms_zip_read(const cms_zip_source *src, long long max_total, cms_zip_list *o
     return rc;
 }
 
-/* mkdir -p for the directories of relative `name` under `root`. */
-static int make_parents(const char *root, const char *name, cms_error *err)
+/* ===== EXTRACTING ===== */
+
+/* The created directories and placed files of one extraction, for rollback. */
+typedef struct placed {
+    char **paths;
+    int *is_dir;
+    size_t n, cap;
+} placed;
+
+static int remember(placed *pl, const char *path, int is_dir)
 {
-    char path[4096];
+    if (pl->n == pl->cap) {
+        size_t cap = pl->cap ? pl->cap * 2 : 16;
+        char **p = realloc(pl->paths, cap * sizeof *p);
+        int *d = p ? realloc(pl->is_dir, cap * sizeof *d) : NULL;
+        if (p)
+            pl->paths = p;
+        if (!d)
+            return -1;
+        pl->is_dir = d;
+        pl->cap = cap;
+    }
+    if (!(pl->paths[pl->n] = strdup(path)))
+        return -1;
+    pl->is_dir[pl->n++] = is_dir;
+    return 0;
+}
+
+/* Undo (newest first) when `undo`, then free the record. */
+static void forget(placed *pl, int undo)
+{
+    while (pl->n > 0) {
+        pl->n--;
+        if (undo)
+            (pl->is_dir[pl->n] ? rmdir : unlink)(pl->paths[pl->n]);
+        free(pl->paths[pl->n]);
+    }
+    free(pl->paths);
+    free(pl->is_dir);
+}
+
+static int join(char *out, const char *a, const char *b, size_t bn, cms_error *err)
+{
+    if ((size_t)snprintf(out, PATH_CAP, "%s/%.*s", a, (int)bn, b) >= PATH_CAP)
+        return cms_error_set(err, CMS_E_IO, "the path of '%.200s' is too long", b);
+    return 0;
+}
+
+/*
+ * Before anything moves: under `dir`, every parent of every member is missing
+ * or a real directory (a symbolic link there would lead outside), and no
+ * member exists yet (unzip never replaces files).
+ */
+static int check_destination(const cms_zip_list *l, const char *dir, cms_error *err)
+{
+    char path[PATH_CAP];
+    struct stat st;
+    size_t i;
+
+    for (i = 0; i < l->n; i++) {
+        const char *name = l->items[i].name, *p = name;
+        while ((p = strchr(p, '/')) != NULL) {
+            if (join(path, dir, name, (size_t)(p - name), err) != 0)
+                return -1;
+            if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode))
+                return cms_error_set(err, CMS_E_IO, "cannot unzip '%.200s': '%.200s' is %s",
+                                     name, path, S_ISLNK(st.st_mode) ? "a symbolic link"
+                                                                     : "not a directory");
+            p++;
+        }
+        if (join(path, dir, name, strlen(name), err) != 0)
+            return -1;
+        if (lstat(path, &st) == 0)
+            return cms_error_set(err, CMS_E_IO, "cannot unzip '%.200s': '%.200s' already "
+                                 "exists (unzip never replaces files)", name, path);
+    }
+    return 0;
+}
+
+/* mkdir -p for the parents of relative `name` under `root`, remembering new ones. */
+static int make_parents(const char *root, const char *name, placed *pl, cms_error *err)
+{
+    char path[PATH_CAP];
     const char *p = name;
 
     while ((p = strchr(p, '/')) != NULL) {
-        if ((size_t)snprintf(path, sizeof path, "%s/%.*s", root, (int)(p - name), name) >=
-            sizeof path)
-            return cms_error_set(err, CMS_E_IO, "the path of '%.200s' is too long", name);
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        if (join(path, root, name, (size_t)(p - name), err) != 0)
+            return -1;
+        if (mkdir(path, 0777) == 0) { /* the umask applies */
+            if (pl && remember(pl, path, 1) != 0)
+                return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        } else if (errno != EEXIST) {
             return cms_error_set(err, CMS_E_IO, "creating '%s' failed: %s", path,
                                  strerror(errno));
+        }
         p++;
     }
     return 0;
@@ -236,18 +391,16 @@ static void remove_tree(const char *path)
 
 static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *err)
 {
-    char path[4096];
+    char path[PATH_CAP];
     size_t i;
 
     for (i = 0; i < l->n; i++) {
+        const char *name = l->items[i].name;
         int fd, rc;
-        if ((size_t)snprintf(path, sizeof path, "%s/%s", stage, l->items[i].name) >=
-            sizeof path)
-            return cms_error_set(err, CMS_E_IO, "the path of '%.200s' is too long",
-                                 l->items[i].name);
-        if (make_parents(stage, l->items[i].name, err) != 0)
+        if (join(path, stage, name, strlen(name), err) != 0 ||
+            make_parents(stage, name, NULL, err) != 0)
             return -1;
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd < 0)
             return cms_error_set(err, CMS_E_IO, "creating '%s' failed: %s", path,
                                  strerror(errno));
@@ -261,56 +414,93 @@ static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *
     return 0;
 }
 
-/* Everything is checked and staged: rename the members into `dir`. */
-static int move_into_place(cms_zip_list *l, const char *stage, const char *dir,
-                           cms_error *err)
+/* rename() that fails instead of replacing an existing file. */
+static int rename_noreplace(const char *from, const char *to)
 {
-    char from[4096], to[4096];
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+#endif
+    if (link(from, to) != 0) /* link() never replaces either */
+        return -1;
+    unlink(from);
+    return 0;
+}
+
+/* Everything is checked and staged: move the members into `dir`, all or none. */
+static int move_into_place(cms_zip_list *l, const char *stage, const char *dir,
+                           placed *pl, cms_error *err)
+{
+    char from[PATH_CAP], to[PATH_CAP];
     size_t i;
 
     for (i = 0; i < l->n; i++) {
-        if ((size_t)snprintf(from, sizeof from, "%s/%s", stage, l->items[i].name) >=
-                sizeof from ||
-            (size_t)snprintf(to, sizeof to, "%s/%s", dir, l->items[i].name) >= sizeof to ||
-            make_parents(dir, l->items[i].name, err) != 0)
-            return cms_error_set(err, CMS_E_IO, "cannot place '%.200s' in '%.200s'",
-                                 l->items[i].name, dir);
-        if (rename(from, to) != 0)
+        const char *name = l->items[i].name;
+        if (join(from, stage, name, strlen(name), err) != 0 ||
+            join(to, dir, name, strlen(name), err) != 0 ||
+            make_parents(dir, name, pl, err) != 0)
+            return -1;
+        if (rename_noreplace(from, to) != 0)
             return cms_error_set(err, CMS_E_IO, "moving '%.200s' into '%.200s' failed: %s",
-                                 l->items[i].name, dir, strerror(errno));
-        if (!(l->items[i].path = strdup(to)))
+                                 name, dir, strerror(errno));
+        if (remember(pl, to, 0) != 0 || !(l->items[i].path = strdup(to)))
             return cms_error_set(err, CMS_E_NOMEM, "out of memory");
     }
     return 0;
 }
 
+static int extract_checked(zip_t *za, cms_zip_list *l, const char *dir, placed *pl,
+                           cms_error *err)
+{
+    char stage[PATH_CAP];
+    int rc;
+
+    if (join(stage, dir, ".cmsrec-unzip-XXXXXX", 20, err) != 0)
+        return -1;
+    if (!mkdtemp(stage))
+        return cms_error_set(err, CMS_E_IO, "creating a directory in '%.200s' failed: %s",
+                             dir, strerror(errno));
+    /* the archive's own faults first (protocol), then the destination's (io) */
+    rc = extract_to(za, l, stage, err);
+    if (rc == 0)
+        rc = check_destination(l, dir, err);
+    if (rc == 0)
+        rc = move_into_place(l, stage, dir, pl, err);
+    remove_tree(stage);
+    return rc;
+}
+
+/* `dir` exists as a directory afterwards; one we create is removed on failure. */
+static int prepare_dir(const char *dir, placed *pl, cms_error *err)
+{
+    struct stat st;
+    int e;
+
+    if (mkdir(dir, 0777) == 0)
+        return remember(pl, dir, 1) == 0 ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    e = errno;
+    if (e == EEXIST && stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    return cms_error_set(err, CMS_E_IO, "cannot unzip into '%.200s': %s", dir,
+                         e == EEXIST ? "not a directory" : strerror(e));
+}
+
 int cms_zip_extract(const cms_zip_source *src, const char *dir, long long max_total,
                     cms_zip_list *out, cms_error *err)
 {
-    char stage[4096];
+    placed pl = {NULL, NULL, 0, 0};
     zip_t *za;
     int rc = -1;
 
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return cms_error_set(err, CMS_E_IO, "creating '%.200s' failed: %s", dir,
-                             strerror(errno));
-    if ((size_t)snprintf(stage, sizeof stage, "%s/.cmsrec-unzip-XXXXXX", dir) >= sizeof stage)
-        return cms_error_set(err, CMS_E_IO, "the directory name is too long");
     za = open_archive(src, err);
     if (!za)
         return -1;
-    if (list_members(za, max_total, out, err) == 0) {
-        if (!mkdtemp(stage))
-            cms_error_set(err, CMS_E_IO, "creating a directory in '%.200s' failed: %s", dir,
-                          strerror(errno));
-        else {
-            rc = extract_to(za, out, stage, err);
-            if (rc == 0)
-                rc = move_into_place(out, stage, dir, err);
-            remove_tree(stage);
-        }
-    }
+    if (list_members(za, max_total, out, err) == 0 && prepare_dir(dir, &pl, err) == 0)
+        rc = extract_checked(za, out, dir, &pl, err);
     zip_discard(za);
+    forget(&pl, rc != 0); /* on failure: remove what was placed, newest first */
     if (rc != 0)
         cms_zip_list_free(out);
     return rc;

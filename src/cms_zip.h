@@ -2,13 +2,16 @@
  * cms_zip: reading and safely extracting the ZIP bundles the CMS sends when a
  * call has several recordings (libzip does the parsing).
  *
- * Safety rules, checked for every member before anything is written:
- * no absolute names, no "..", no backslashes or drive letters, no symlinks,
- * no duplicate names, and the total declared size within max_total. Members
- * are extracted into a hidden staging directory inside `dir` first, each
- * checked against its declared size (and CRC, by libzip); only when all are
- * good are they renamed into place. A corrupt or unsafe archive is kind
- * protocol, with nothing left behind.
+ * Checked for every member before anything is written: no absolute names,
+ * no "..", no backslashes, drive letters or control characters, no symlinks,
+ * no duplicate names, no name that is both a file and a directory, at most
+ * CMS_ZIP_MAX_MEMBERS, and the declared sizes adding up within max_total.
+ * Then the destination: no parent that is a symbolic link or a file, no
+ * member that exists already (extraction never replaces files). Members are
+ * extracted into a hidden staging directory inside `dir`, each checked
+ * against its declared size (and CRC, by libzip), and only when all are good
+ * moved into place, all or none. A corrupt or unsafe archive is kind
+ * protocol, a destination problem kind io; either way nothing is left behind.
  */
 #ifndef CMS_ZIP_H
 #define CMS_ZIP_H
@@ -30,11 +33,15 @@ typedef struct cms_zip_list {
     size_t n;
 } cms_zip_list;
 
-/* The archive is `data`/`len` when data is not NULL, else the file `path`. */
+#define CMS_ZIP_MAX_MEMBERS 100000
+
+/* The archive: `data`/`len` when data is set, else the file `path` when set,
+   else the open file descriptor `fd` (read through a duplicate). */
 typedef struct cms_zip_source {
     const char *data;
     size_t len;
     const char *path;
+    int fd;
 } cms_zip_source;
 
 void cms_zip_list_init(cms_zip_list *l);
