@@ -174,7 +174,7 @@ static int raw_field(lua_State *L, int idx, const char *key)
 static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
-    "authorization", "allow_http", "max_size",
+    "authorization", "allow_http", "max_size", "stall_timeout",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -496,6 +496,7 @@ static int l_new(lua_State *L)
     c->tc.insecure = opt_boolean(L, 1, "cmsrec.new", "insecure");
     c->tc.timeout_ms = opt_seconds(L, 1, "cmsrec.new", "timeout");
     c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
+    c->tc.stall_timeout_s = (opt_seconds(L, 1, "cmsrec.new", "stall_timeout") + 999) / 1000;
     c->max_size = opt_size(L, 1, "cmsrec.new", "max_size");
     if (!c->max_size)
         c->max_size = CMSREC_DEFAULT_MAX_SIZE;
@@ -880,6 +881,19 @@ typedef struct dl_ctx {
     long long reported; /* last `received` given to on_progress, -1 before */
 } dl_ctx;
 
+/* sink(chunk) under lua_pcall: making the chunk string may raise (out of
+   memory), and no Lua error may unwind through libcurl's frames. */
+static int call_sink(lua_State *L)
+{
+    const char *p = lua_touserdata(L, 2);
+    size_t n = (size_t)lua_tointeger(L, 3);
+
+    lua_settop(L, 1);
+    lua_pushlstring(L, p, n);
+    lua_call(L, 1, 2);
+    return 2;
+}
+
 /* opts.sink(chunk): nil, msg or false aborts with kind io. */
 static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
 {
@@ -889,9 +903,11 @@ static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
 
     if (cms_sha256_update(&d->s->sha, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    lua_pushcfunction(L, call_sink);
     lua_pushvalue(L, d->plan->sink);
-    lua_pushlstring(L, p, n);
-    if (lua_pcall(L, 1, 2, 0) != 0) {
+    lua_pushlightuserdata(L, (void *)p);
+    lua_pushinteger(L, (lua_Integer)n);
+    if (lua_pcall(L, 3, 2, 0) != 0) {
         cms_error_set(err, CMS_E_IO, "the sink raised an error: %s",
                       lua_isstring(L, -1) ? lua_tostring(L, -1) : "(not a string)");
         lua_pop(L, 1);

@@ -32,8 +32,8 @@ local function mock_env(extra)
 end
 
 -- Runs `cmsrec <args>` (a shell string). o.env: variables; o.cd: the working
--- directory; o.tty: under a pseudo-terminal (script(1)), stdout and stderr merged.
--- Returns { code, out, err }.
+-- directory; o.tty: under a pseudo-terminal (script(1)), stdout and stderr merged;
+-- o.interrupt: send SIGINT (Ctrl-C) after that many seconds. Returns { code, out, err }.
 local function cli(args, o)
   o = o or {}
   local env = { "LUA_CPATH=" .. q(absolute_cpath() .. ";;") }
@@ -43,7 +43,11 @@ local function cli(args, o)
     :format(o.cd and "-C " .. q(o.cd) .. " " or "", table.concat(env, " "), LUA, q(BIN), args)
   if o.tty then cmd = ("script -qfec %s /dev/null </dev/null"):format(q(cmd)) end
   local out, err = os.tmpname(), os.tmpname()
-  local status = H.capture(("%s >%s 2>%s; echo $?"):format(cmd, out, err))
+  local run = o.interrupt
+    and ("%s >%s 2>%s & pid=$!; sleep %s; kill -INT $pid; wait $pid; echo $?"):format(cmd, out, err,
+      o.interrupt)
+    or ("%s >%s 2>%s; echo $?"):format(cmd, out, err)
+  local status = H.capture(run)
   local r = { code = tonumber(status:match("(%d+)%s*$")), out = H.read_file(out), err = H.read_file(err) }
   os.remove(out)
   os.remove(err)
@@ -238,6 +242,19 @@ describe("cmsrec CLI", function()
   end)
 
   describe("progress", function()
+    it("Ctrl-C while waiting for the CMS cancels cleanly: exit 6, nothing on disk", function()
+      local r = cli("get --call-id slowheaders-4 -o " .. q(tmp), { env = mock_env(), interrupt = 1 })
+      assert.equal(6, r.code, r.err)
+      assert.matches("cancelled", r.err)
+      assert.same({}, listing(tmp))
+    end)
+
+    it("Ctrl-C in the middle of the body removes the partial download", function()
+      local r = cli("get --call-id stall-4 -o " .. q(tmp), { env = mock_env(), interrupt = 1 })
+      assert.equal(6, r.code, r.err)
+      assert.same({}, listing(tmp))
+    end)
+
     it("--quiet prints nothing on stderr, the result on stdout", function()
       local r = cli("get --quiet --call-id wav-2000000 -o " .. q(tmp), { env = mock_env() })
       assert.equal(0, r.code)
@@ -308,22 +325,37 @@ describe("cmsrec CLI", function()
       assert_no_sk(r)
     end)
 
-    it("a flag beats the environment, which beats the file", function()
+    it("a flag beats --config, which beats the environment, which beats CMSREC_CONFIG", function()
       local closed = "https://127.0.0.1:1"
-      local path = config({ "url = " .. closed, "ak = " .. H.AK, "sk = wrong-sk-from-file", "cafile = " .. mock.ca })
-      local args = ("get --json --config %s --call-id wav-2000 -o %s"):format(q(path), q(tmp))
-      -- file only: the closed port
-      assert.equal(5, cli(args).code)
-      -- environment over file: the mock's URL and SK
-      local r = cli(args, { env = { CMSREC_URL = mock.url, CMSREC_SK = H.SK } })
+      local path = config({ "url = " .. closed, "ak = " .. H.AK, "sk = wrong-sk-from-file",
+                            "cafile = " .. mock.ca })
+      local named = ("get --json --config %s --call-id wav-2000 -o %s"):format(q(path), q(tmp))
+      -- a file asked for with --config wins over stray variables: the closed port
+      assert.equal(5, cli(named, { env = { CMSREC_URL = mock.url, CMSREC_SK = H.SK } }).code)
+      -- a flag wins over that file: the mock, but the file's wrong SK
+      assert.equal(4, cli(named .. " --url " .. mock.url).code)
+      -- the file named by CMSREC_CONFIG only fills in what the environment lacks
+      local plain = ("get --json --call-id wav-2000 -o %s"):format(q(tmp))
+      local r = cli(plain, { env = { CMSREC_CONFIG = path, CMSREC_URL = mock.url, CMSREC_SK = H.SK } })
       assert.equal(0, r.code, r.err)
-      -- the file's SK when the environment has none: rejected
-      assert.equal(4, cli(args, { env = { CMSREC_URL = mock.url } }).code)
-      -- flag over environment
-      r = cli(args .. " --url " .. mock.url, { env = { CMSREC_URL = closed, CMSREC_SK = H.SK } })
-      assert.equal(0, r.code, r.err)
-      r = cli(args .. " --ak nobody", { env = { CMSREC_URL = mock.url, CMSREC_SK = H.SK, CMSREC_AK = H.AK } })
+      assert.equal(4, cli(plain, { env = { CMSREC_CONFIG = path, CMSREC_URL = mock.url } }).code)
+      -- a flag wins over the environment
+      r = cli(plain .. " --ak nobody", { env = mock_env() })
       assert.equal(4, r.code)
+    end)
+
+    it("warns when a config file holding the SK is readable by others", function()
+      local path = config({ "url = " .. mock.url, "ak = " .. H.AK, "sk = " .. H.SK, "cafile = " .. mock.ca })
+      os.execute("chmod 644 " .. q(path))
+      local args = ("get --config %s --call-id wav-2000 -o %s"):format(q(path), q(tmp))
+      local r = cli(args)
+      assert.equal(0, r.code, r.err)
+      assert.matches("others can read it %(chmod 600", r.err)
+      os.execute("chmod 600 " .. q(path))
+      r = cli(args)
+      assert.equal(0, r.code, r.err)
+      assert.is_nil(r.err:find("warning", 1, true))
+      assert_no_sk(r)
     end)
 
     it("an unknown key is a usage error naming the line", function()

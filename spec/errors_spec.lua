@@ -141,6 +141,18 @@ describe("errors", function()
     assert.is_true(os.time() - t0 <= 3)
   end)
 
+  it("timeout: stall_timeout gives up on a transfer that stopped moving", function()
+    local c = H.client{ timeout = false, stall_timeout = 1 }
+    local t0 = os.time()
+    local err = fails(c, "stall-15")
+    c:close()
+    assert.equal("timeout", err.kind)
+    assert.equal(28, err.curl_code)
+    assert.matches("too slow", err.message)
+    -- libcurl measures speed over a window of about 5 s, so the cut comes that late
+    assert.is_true(os.time() - t0 <= 11)
+  end)
+
   it("tls: verification is on by default and fails against an unknown CA", function()
     local c = H.client{ cafile = mock.other_ca }
     local err = fails(c, "wav-100")

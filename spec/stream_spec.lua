@@ -54,6 +54,8 @@ describe("client:download_file", function()
   -- Each failure: the right kind, no file, no temp file, the old file intact.
   local failures = {
     { "a JSON error at HTTP 200", { callID = "notfound" }, nil, "api" },
+    { "a JSON error after blank lines", { callID = "wsjson" }, nil, "api" },
+    { "an HTML page at HTTP 200", { callID = "html" }, nil, "protocol" },
     { "a connection dropped mid-body", { callID = "drop-3000000" }, nil, "network" },
     { "a stall past the timeout", { callID = "stall-5" }, nil, "timeout" },
     { "a 503", { callID = "http-503" }, nil, "http" },
@@ -103,6 +105,17 @@ describe("client:download_file", function()
     assert.equal("ORIGINAL", content)
   end)
 
+  it("leaves nothing behind even when the process is killed mid-body", function()
+    local code = ([[
+      local c = require("cmsrec").new{ base_url = %q, ak = %q, sk = %q, cafile = %q }
+      c:download_file({ callID = "stall-10" }, %q)
+    ]]):format(mock.url, H.AK, H.SK, mock.ca, dir)
+    H.capture(("%s -e %q & pid=$!; sleep 1; kill -KILL $pid; wait $pid 2>/dev/null"):format(
+      os.getenv("CMSREC_LUA") or "lua5.4", ("package.cpath = %q; %s"):format(package.cpath, code)),
+      true)
+    assert.equal("", H.ls(dir)) -- the unnamed temporary file died with the process
+  end)
+
   it("fails before sending anything when the destination is unusable", function()
     mock.reset()
     local info, err = client:download_file({ callID = "wav-100" }, dir .. "/missing/call.wav")
@@ -140,14 +153,20 @@ describe("opts.sink", function()
     assert.is_true(#chunks > 1)
   end)
 
-  it("is never called for an error answer", function()
-    local called = false
-    local info, err = client:download_file({ callID = "notfound" }, nil, {
-      sink = function() called = true end,
-    })
-    assert.is_nil(info)
-    assert.equal("api", err.kind)
-    assert.is_false(called)
+  it("is never called for an error answer, even after blanks, or for text", function()
+    local cases = { notfound = "api", wsjson = "api", bom = "api", html = "protocol",
+                    jsonarray = "protocol", blank = "protocol" }
+    for id, kind in pairs(cases) do
+      local called = false
+      local info, err = client:download_file({ callID = id }, nil, {
+        sink = function() called = true end,
+      })
+      assert.is_nil(info, id)
+      assert.equal(kind, err.kind, id)
+      assert.is_false(called, id)
+    end
+    local _, err = client:download{ callID = "html" }
+    assert.matches("with text, not a recording: <!DOCTYPE html>", err.message)
   end)
 
   it("aborts with kind io when it returns nil, msg, false, or raises", function()
@@ -176,11 +195,27 @@ describe("progress and max_size", function()
     })
     local seconds = os.time() - t0 + 1
     assert.equal(60000000, #data)
-    assert.is_true(#calls >= 1)
+    assert.is_true(#calls >= 2) -- at least one report before the final one
+    assert.is_true(calls[1][1] < 60000000)
     -- at most one call per 200 ms, plus the final one (16 KiB chunks would be ~3700)
     assert.is_true(#calls <= seconds * 5 + 2, #calls .. " calls in " .. seconds .. " s")
     assert.same({ 60000000, 60000000 }, calls[#calls])
     for i = 2, #calls do assert.is_true(calls[i][1] >= calls[i - 1][1]) end
+  end)
+
+  it("reports while waiting for the answer, so it can cancel a stalled request", function()
+    local calls = 0
+    local t0 = os.time()
+    local data, err = client:download({ callID = "slowheaders-5" }, {
+      on_progress = function(received, total)
+        calls = calls + 1
+        assert(received == 0 and total == nil)
+        return calls < 3
+      end,
+    })
+    assert.is_nil(data)
+    assert.equal("cancelled", err.kind)
+    assert.is_true(os.time() - t0 <= 3)
   end)
 
   it("passes total = nil when the length is unknown (chunked)", function()

@@ -69,6 +69,7 @@ describe("ZIP bundles", function()
     { "zipbad-symlink", "symbolic link" },
     { "zipbad-crc", "corrupt" },
     { "zipbad-trunc", "not a valid archive" },
+    { "zipbad-hugesize", "impossible size" },
   }
   for _, case in ipairs(bad) do
     local id, pattern = case[1], case[2]
@@ -91,6 +92,45 @@ describe("ZIP bundles", function()
       assert.is_false(H.exists(dir .. "/sub")) -- the directory it made is gone too
     end)
   end
+
+  it("never replaces a file: with one member already there, nothing is extracted", function()
+    H.write_file(dir .. "/rec_3.wav", "ORIGINAL")
+    local info, err = client:download_file({ callID = "zip-3" }, dir, { unzip = true })
+    assert.is_nil(info)
+    assert.equal("io", err.kind)
+    assert.matches("'.*/rec_3%.wav' already exists", err.message)
+    assert.equal("rec_3.wav", H.ls(dir)) -- rec_1 and rec_2 were not placed either
+    assert.equal("ORIGINAL", H.read_file(dir .. "/rec_3.wav"))
+  end)
+
+  it("refuses a symbolic link among the parents in the destination", function()
+    local outside = H.tmpdir()
+    os.execute(("ln -s '%s' '%s/day1'"):format(outside, dir))
+    local info, err = client:download_file({ callID = "zip-dirs" }, dir, { unzip = true })
+    local left = H.ls(outside)
+    H.rmrf(outside)
+    assert.is_nil(info)
+    assert.equal("io", err.kind)
+    assert.matches("symbolic link", err.message)
+    assert.equal("", left)
+    assert.equal("day1", H.ls(dir))
+  end)
+
+  it("bounds what a bundle may unpack to", function()
+    local data = assert(client:download{ callID = "zip-3" })
+    local members, err = cmsrec.unzip(data, nil, { max_size = 20000 })
+    assert.is_nil(members)
+    assert.equal("too_large", err.kind)
+    members, err = cmsrec.unzip(data, dir, { max_size = 20000 })
+    assert.equal("too_large", err.kind)
+    assert.equal("", H.ls(dir))
+    assert.equal(3, #cmsrec.unzip(data, nil, { max_size = 40000 }))
+    local info
+    info, err = client:download_file({ callID = "zip-3" }, dir, { unzip = true, max_size = 20000 })
+    assert.is_nil(info)
+    assert.equal("too_large", err.kind)
+    assert.equal("", H.ls(dir))
+  end)
 
   it("never writes outside the directory", function()
     client:download_file({ callID = "zipbad-slip" }, dir, { unzip = true })

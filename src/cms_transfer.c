@@ -309,6 +309,10 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
     if (cfg->connect_timeout_ms > 0)
         SET(CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+    if (cfg->stall_timeout_s > 0) { /* under 1 byte/s for that long: stalled */
+        SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+        SET(CURLOPT_LOW_SPEED_TIME, cfg->stall_timeout_s);
+    }
     SET(CURLOPT_POST, 1L);
     SET(CURLOPT_POSTFIELDS, body);
     SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);

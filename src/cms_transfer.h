@@ -34,6 +34,7 @@ typedef struct cms_transfer_config {
     int allow_http;
     long timeout_ms;          /* whole transfer, 0 = none */
     long connect_timeout_ms;  /* 0 = libcurl's default */
+    long stall_timeout_s;     /* give up when no byte came for this long, 0 = never */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */

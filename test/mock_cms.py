@@ -29,6 +29,11 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
   zipbad-symlink    ZIP with a Unix symlink member link.wav -> /etc/passwd
   zipbad-crc        ZIP whose second member has a flipped byte (CRC/inflate error)
   zipbad-trunc      the first half of a ZIP
+  zipbad-hugesize   a zip64 member declaring 2**64 - 500 bytes
+  wsjson            200 the notfound answer after 80 bytes of CR LF
+  html              200 an HTML login page
+  jsonarray         200 a JSON array
+  blank             200 a body of whitespace only
   unknown-N         N deterministic bytes starting with "ID3" (N >= 3)
   notfound          200 text/plain {"resultData":"","resultCode":"1",...empty}
   flow              200 JSON resultCode 0300008 (flow control)
@@ -76,6 +81,7 @@ import sys
 import threading
 import time
 import zipfile
+import zlib
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote_to_bytes
@@ -109,6 +115,10 @@ FIXED = {  # callID -> (status, body, content type)
     "numcode": (200, b'{"resultCode":1,"resultDesc":"Record List is empty","resultData":""}',
                 JSON_CT),
     "bom": (200, b"\xef\xbb\xbf" + NOTFOUND, "text/plain"),
+    "wsjson": (200, b"\r\n" * 40 + NOTFOUND, "text/plain"),
+    "html": (200, b"<!DOCTYPE html><html><body>Please log in</body></html>", "text/html"),
+    "jsonarray": (200, b'[{"resultCode":"1"}]', JSON_CT),
+    "blank": (200, b" \r\n" * 10, "text/plain"),
 }
 
 # ---------------------------------------------------------------- auth-v2 signer
@@ -233,6 +243,20 @@ def zip_of(members):
     return buf.getvalue()
 
 
+def zip64_declaring(name, data, declared):
+    """A one-member ZIP (stored, zip64 extras) whose member lies about its size."""
+    crc = zlib.crc32(data)
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF,
+                        0xFFFFFFFF, len(name), 20) + name + \
+        struct.pack("<HHQQ", 1, 16, declared, len(data)) + data
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, crc,
+                          0xFFFFFFFF, 0xFFFFFFFF, len(name), 28, 0, 0, 0, 0o100644 << 16,
+                          0xFFFFFFFF) + name + struct.pack("<HHQQQ", 1, 24, declared,
+                                                           len(data), 0)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local), 0)
+    return local + central + end
+
+
 @lru_cache(maxsize=16)
 def special_zip(name):
     """Archives for the unzip tests: zip-dirs is good, zipbad-* must be refused."""
@@ -251,6 +275,8 @@ def special_zip(name):
         second = data.index(b"rec_2.wav", 30) + len("rec_2.wav") + 200
         data[second] ^= 0xFF
         return bytes(data)
+    if name == "zipbad-hugesize":  # a zip64 member declaring 2**64 - 500 bytes
+        return zip64_declaring(b"b.wav", b"RIFF", (1 << 64) - 500)
     if name == "zipbad-trunc":
         data = zip_of(good + [("rec_2.wav", wav_bytes(10002), 0o100644)])
         return data[: len(data) // 2]
