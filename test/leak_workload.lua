@@ -29,6 +29,11 @@ local function workload()
   c:download_file({ callID = "wav-20000" }, nil, { sink = function() end,
     on_progress = function() return false end })
   c:download_file({ callID = "wav-20000" }, dir .. "/missing/x.wav")
+  c:download_file({ callID = "zip-3" }, dir, { unzip = true }) -- members exist now: refused
+  c:download_file({ callID = "zipbad-hugesize" }, dir, { unzip = true })
+  c:download_file({ callID = "html" }, dir)
+  c:download_file({ callID = "wsjson" }, nil, { sink = function() end })
+  c:download({ callID = "slowheaders-1" }, { on_progress = function() return false end })
   local data = c:download{ callID = "zip-2" }
   cmsrec.unzip(data)
   cmsrec.unzip(data, dir .. "/unz")
@@ -40,6 +45,7 @@ local function workload()
   cmsrec.download(H.config(), { callID = "wav-100" })
   H.client{ base_url = mock.wrong_name_url }:download{ callID = "wav-100" }
   H.client{ timeout = 1 }:download{ callID = "stall-3" }
+  H.client{ stall_timeout = 1 }:download{ callID = "http-500" }
   cmsrec.sign{ ak = "a", sk = "s", path = "/p", query = { a = 1 }, headers = { host = "h" } }
   pcall(cmsrec.sign, { ak = "a", path = "/p", headers = { host = "h" } })
   pcall(cmsrec.new, { base_url = "https://h", ak = "a", sk = "s", cafile = 1 })
