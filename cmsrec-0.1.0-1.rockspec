@@ -36,6 +36,7 @@ build = {
             "src/cms_transfer.c",
             "src/cms_sink.c",
             "src/cms_zip.c",
+            "src/cms_url.c",
          },
          libraries = { "curl", "crypto", "zip" },
          incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(LIBZIP_INCDIR)" },

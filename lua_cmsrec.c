@@ -28,6 +28,7 @@
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
 #include "src/cms_transfer.h"
+#include "src/cms_url.h"
 #include "src/cms_zip.h"
 
 #define CMSREC_VERSION "0.1.0"
@@ -307,101 +308,29 @@ static char *dup_opt(lua_State *L, int idx, const char *key)
 
 /* ===== CONFIG ===== */
 
-/* The path is signed as written: refuse what libcurl would escape when sending. */
-static int has_bad_path_char(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7F || *s == '?' || *s == '#')
-            return 1;
-    return 0;
-}
-
-static char *join3(const char *a, const char *b, const char *c)
-{
-    size_t n = strlen(a) + strlen(b) + strlen(c) + 1;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s%s%s", a, b, c);
-    return p;
-}
-
-/*
- * Split base_url with libcurl's URL API and join it with `path` into the URL
- * requested, the Host header (the authority as written) and the full path as
- * sent. Plain C, no Lua: returns NULL or a description of the problem.
- */
-static const char *parse_base_url(const char *base, const char *path, int allow_http,
-                                  char **url, char **host_out, char **path_out)
-{
-    char *scheme = NULL, *host = NULL, *port = NULL, *bpath = NULL, *query = NULL;
-    char *user = NULL, *frag = NULL, *prefix = NULL;
-    const char *problem = NULL;
-    CURLU *u = curl_url();
-
-    if (!u)
-        return "cannot be parsed (out of memory)";
-    if (curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) !=
-        CURLUE_OK) {
-        curl_url_cleanup(u);
-        return "is not a valid URL (expected https://host:port)";
-    }
-    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-    curl_url_get(u, CURLUPART_HOST, &host, 0);
-    curl_url_get(u, CURLUPART_PORT, &port, 0); /* NULL when not written */
-    curl_url_get(u, CURLUPART_PATH, &bpath, 0);
-    curl_url_get(u, CURLUPART_QUERY, &query, 0);
-    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
-    curl_url_get(u, CURLUPART_USER, &user, 0);
-    curl_url_cleanup(u);
-
-    if (!scheme || !host || !*host)
-        problem = "must have a scheme and a host";
-    else if (strcmp(scheme, "https") != 0 && !(strcmp(scheme, "http") == 0 && allow_http))
-        problem = strcmp(scheme, "http") == 0
-                      ? "uses http://, which sends the signature in clear text; "
-                        "use https:// or set allow_http = true"
-                      : "must start with https://";
-    else if (query || frag || user)
-        problem = "must not contain credentials, a query or a fragment";
-    else if (bpath && has_bad_path_char(bpath))
-        problem = "has a path with characters that would be escaped when sent "
-                  "(spaces, control or non-ASCII characters)";
-    if (!problem) {
-        size_t n = bpath ? strlen(bpath) : 0;
-        while (n && bpath[n - 1] == '/') /* "https://gw/cms/" + "/rest/..." */
-            bpath[--n] = '\0';
-        *path_out = join3(bpath ? bpath : "", path, "");
-        *host_out = join3(host, port ? ":" : "", port ? port : "");
-        prefix = join3(scheme, "://", *host_out ? *host_out : "");
-        *url = prefix && *path_out ? join3(prefix, *path_out, "") : NULL;
-        if (!*url || !*host_out || !*path_out)
-            problem = "cannot be parsed (out of memory)";
-    }
-    free(prefix);
-    curl_free(scheme); curl_free(host); curl_free(port); curl_free(bpath);
-    curl_free(query); curl_free(frag); curl_free(user);
-    return problem;
-}
-
 /* base_url + path -> c->url, c->path, c->host. */
 static void config_url(lua_State *L, int idx, client *c)
 {
     const char *base = opt_string(L, idx, "cmsrec.new", "base_url", NULL);
     const char *path = opt_string(L, idx, "cmsrec.new", "path", NULL);
     const char *problem;
+    cms_url u;
 
     if (!base)
         luaL_error(L, "cmsrec.new: option 'base_url' is required "
                       "(for example \"https://10.0.0.1:28080\")");
     if (!path)
         path = CMSREC_DEFAULT_PATH;
-    if (path[0] != '/' || has_bad_path_char(path))
+    if (path[0] != '/' || !cms_url_path_clean(path))
         luaL_error(L, "cmsrec.new: option 'path' must start with '/' and contain no "
                       "spaces, control or non-ASCII characters, '?' or '#'");
-    /* the strings belong to the client at once, so its __gc frees them */
-    problem = parse_base_url(base, path, c->tc.allow_http, &c->url, &c->host, &c->path);
+    problem = cms_url_resolve(base, path, c->tc.allow_http, &u);
     if (problem)
         luaL_error(L, "cmsrec.new: option 'base_url' %s", problem);
+    /* the strings belong to the client now, so its __gc frees them */
+    c->url = u.url;
+    c->host = u.host;
+    c->path = u.path;
 }
 
 static void config_signed_headers(lua_State *L, int idx, client *c)
@@ -764,24 +693,6 @@ static int build_headers(scratch *s, client *c, const char *auth, cms_error *err
            add_header(&s->headers, "Expect", "", err) ? -1 : 0;
 }
 
-/* A short, printable excerpt of an error body for messages. */
-static void body_excerpt(const cms_buf *b, char *out, size_t cap)
-{
-    size_t i, n = b->len < cap - 1 ? b->len : cap - 1;
-
-    for (i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)b->data[i];
-        if (ch == '\r' || ch == '\n')
-            break;
-        if (ch < 0x20 || ch == 0x7F)
-            ch = '?';
-        out[i] = (char)ch;
-    }
-    out[i] = '\0';
-    if (!cms_utf8_valid(out, i))
-        out[0] = '\0';
-}
-
 /* Decode a JSON body with cjson; leaves a table on the stack or returns 0. */
 static int decode_json(lua_State *L, int cjson, const cms_buf *b)
 {
@@ -827,7 +738,7 @@ static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_e
     if (r->status / 100 != 2) {
         char excerpt[160];
         const char *detail = excerpt;
-        body_excerpt(&r->body, excerpt, sizeof excerpt);
+        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
         if (fmt == CMS_FMT_JSON && !r->truncated && decode_json(L, cjson, &r->body)) {
             /* CMS results, Spring errors ({message, error}) and gateways */
             json_text(L, "resultCode", code, sizeof code);
@@ -845,9 +756,7 @@ static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_e
                       r->status);
     } else if (fmt == CMS_FMT_TEXT) {
         char excerpt[160];
-        size_t skip = strspn(r->body.data, " \t\r\n");
-        cms_buf rest = {r->body.data + skip, r->body.len - skip, 0};
-        body_excerpt(&rest, excerpt, sizeof excerpt);
+        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
         cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with text, not a "
                       "recording: %s", r->status, *excerpt ? excerpt : "(blank)");
     } else if (!r->truncated && decode_json(L, cjson, &r->body)) {

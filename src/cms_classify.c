@@ -1,7 +1,10 @@
 /* cms_classify: format sniffing and status/result classification. */
 #include "cms_classify.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "cms_request.h" /* cms_utf8_valid */
 
 /* Offset of the first byte after a UTF-8 BOM and whitespace. */
 static size_t skip_blank(const unsigned char *p, size_t n)
@@ -39,6 +42,24 @@ int cms_sniff_ready(const unsigned char *p, size_t n)
     if (i == n)
         return 0; /* only blanks so far: an answer may still follow */
     return n >= CMS_SNIFF_BYTES || p[i] == '{' || p[i] == '<' || p[i] == '[';
+}
+
+void cms_excerpt(const char *p, size_t n, char *out, size_t cap)
+{
+    size_t start = skip_blank((const unsigned char *)p, n), i, keep;
+
+    p += start;
+    n -= start;
+    for (i = 0; i < n && i + 1 < cap && p[i] != '\r' && p[i] != '\n'; i++) {
+        unsigned char c = (unsigned char)p[i];
+        out[i] = c < 0x20 || c == 0x7F ? '?' : (char)c;
+    }
+    /* a cut may leave half a UTF-8 sequence (at most 3 bytes): drop it */
+    for (keep = i; keep > 0 && i - keep < 4 && !cms_utf8_valid(out, keep); keep--)
+        ;
+    out[keep] = '\0';
+    if (!cms_utf8_valid(out, keep) || (keep == 0 && i > 0))
+        snprintf(out, cap, "(binary)");
 }
 
 const char *cms_format_name(cms_format f)

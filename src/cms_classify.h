@@ -37,6 +37,11 @@ const char *cms_format_name(cms_format f);
 /* File name extension for a format, without the dot. */
 const char *cms_format_ext(cms_format f);
 
+/* A printable one-line excerpt of an answer for messages: leading blanks
+   skipped, control characters as '?', cut at a UTF-8 boundary, "(binary)"
+   when it is not text. */
+void cms_excerpt(const char *p, size_t n, char *out, size_t cap);
+
 /* 1 if the CMS result code means flow control (worth retrying later). */
 int cms_result_is_flow_control(const char *code);
 

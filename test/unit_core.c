@@ -12,6 +12,7 @@
 #include "../src/cms_sign.h"
 #include "../src/cms_sink.h"
 #include "../src/cms_transfer.h"
+#include "../src/cms_url.h"
 #include "../src/cms_zip.h"
 
 static int count, failed;
@@ -290,6 +291,56 @@ static void test_mem_sink(void)
     cms_mem_sink_free(&m);
 }
 
+static void resolve(const char *base, int allow_http, const char *url, const char *host,
+                    const char *path, const char *name)
+{
+    cms_url u;
+    const char *problem = cms_url_resolve(base, "/rest/x", allow_http, &u);
+
+    ok(problem == NULL && strcmp(u.url, url) == 0 && strcmp(u.host, host) == 0 &&
+           strcmp(u.path, path) == 0,
+       name);
+    if (!problem)
+        cms_url_free(&u);
+}
+
+static void test_url(void)
+{
+    cms_url u;
+
+    resolve("https://10.22.26.181:28080", 0, "https://10.22.26.181:28080/rest/x",
+            "10.22.26.181:28080", "/rest/x", "Host is ip:port as written");
+    resolve("https://cms.example", 0, "https://cms.example/rest/x", "cms.example", "/rest/x",
+            "no port written, none in Host");
+    resolve("https://[::1]:8443/gw/", 0, "https://[::1]:8443/gw/rest/x", "[::1]:8443",
+            "/gw/rest/x", "IPv6 in brackets, a path prefix kept");
+    resolve("http://127.0.0.1:1", 1, "http://127.0.0.1:1/rest/x", "127.0.0.1:1", "/rest/x",
+            "http with allow_http");
+    ok(cms_url_resolve("http://127.0.0.1:1", "/p", 0, &u) != NULL && !u.url,
+       "http refused without allow_http");
+    ok(cms_url_resolve("https://h/a?b=c", "/p", 0, &u) != NULL, "a query is refused");
+    ok(cms_url_resolve("https://user:pw@h", "/p", 0, &u) != NULL, "credentials are refused");
+    ok(cms_url_resolve("https://h/caf\xC3\xA9", "/p", 0, &u) != NULL,
+       "a non-ASCII path prefix is refused (it would be escaped on the wire)");
+    ok(cms_url_path_clean("/rest/cmsapp/v1") && !cms_url_path_clean("/a b") &&
+           !cms_url_path_clean("/a?b") && !cms_url_path_clean("/\xC3\xA9"),
+       "path cleanliness");
+}
+
+static void test_excerpt(void)
+{
+    char out[16];
+
+    cms_excerpt("\r\n  <html>\x1b[2J", 14, out, sizeof out);
+    ok_str(out, "<html>?[2J", "excerpt skips blanks, masks control characters");
+    cms_excerpt("first\nsecond", 12, out, sizeof out);
+    ok_str(out, "first", "excerpt keeps the first line");
+    cms_excerpt("abcdefghijklm\xE4\xB8\xAD", 16, out, sizeof out);
+    ok_str(out, "abcdefghijklm", "a cut never leaves half a UTF-8 sequence");
+    cms_excerpt("\xFF\xFE\x00\x01", 4, out, sizeof out);
+    ok_str(out, "(binary)", "binary is not shown");
+}
+
 int main(void)
 {
     test_vectors();
@@ -301,6 +352,8 @@ int main(void)
     test_curl_kinds();
     test_names();
     test_mem_sink();
+    test_url();
+    test_excerpt();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
