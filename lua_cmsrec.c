@@ -35,6 +35,7 @@
 #define CMSREC_DEFAULT_PATH "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
 #define CMSREC_DEFAULT_MAX_SIZE (1LL << 30) /* in-memory downloads: 1 GiB */
 #define CMSREC_DEFAULT_UNZIP_MAX (4LL << 30) /* what a bundle may unpack to: 4 GiB */
+#define CMSREC_DEFAULT_STALL_S 120 /* no byte for this long: the transfer is stalled */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
@@ -259,14 +260,13 @@ static long opt_seconds(lua_State *L, int idx, const char *what, const char *key
 /* Size in bytes: a positive integer (0 when absent). */
 static long long opt_size(lua_State *L, int idx, const char *what, const char *key)
 {
-    long long v;
+    long long v = 0;
     raw_field(L, idx, key);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
     }
-    v = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : 0;
-    if (v <= 0)
+    if (!cms_tointeger(L, -1, &v) || v <= 0)
         luaL_error(L, "%s: option '%s' must be a positive integer (bytes)", what, key);
     lua_pop(L, 1);
     return v;
@@ -397,6 +397,20 @@ static void config_credentials(lua_State *L, int idx, client *c)
     c->sk_len = sk_len;
 }
 
+/* stall_timeout: seconds, default CMSREC_DEFAULT_STALL_S; false turns it off. */
+static long config_stall_timeout(lua_State *L, int idx)
+{
+    int t = raw_field(L, idx, "stall_timeout");
+    int off = t == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+
+    lua_pop(L, 1);
+    if (off)
+        return 0;
+    if (t == LUA_TNIL)
+        return CMSREC_DEFAULT_STALL_S;
+    return (opt_seconds(L, idx, "cmsrec.new", "stall_timeout") + 999) / 1000;
+}
+
 static int l_new(lua_State *L)
 {
     client *c;
@@ -425,7 +439,7 @@ static int l_new(lua_State *L)
     c->tc.insecure = opt_boolean(L, 1, "cmsrec.new", "insecure");
     c->tc.timeout_ms = opt_seconds(L, 1, "cmsrec.new", "timeout");
     c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
-    c->tc.stall_timeout_s = (opt_seconds(L, 1, "cmsrec.new", "stall_timeout") + 999) / 1000;
+    c->tc.stall_timeout_s = config_stall_timeout(L, 1);
     c->max_size = opt_size(L, 1, "cmsrec.new", "max_size");
     if (!c->max_size)
         c->max_size = CMSREC_DEFAULT_MAX_SIZE;
@@ -585,10 +599,11 @@ static int read_request(lua_State *L, int idx, cms_request *r,
             lua_pop(L, 2);
             return -1;
         }
+        long long v;
         if (lua_type(L, -1) == LUA_TSTRING) {
             r->value[f] = lua_tolstring(L, -1, &r->len[f]);
-        } else if (lua_isinteger(L, -1)) {
-            snprintf(num[f], sizeof num[f], "%lld", cms_tolonglong(L, -1));
+        } else if (cms_tointeger(L, -1, &v)) { /* 1001 and 1001.0 (lua-cjson's) alike */
+            snprintf(num[f], sizeof num[f], "%lld", v);
             r->value[f] = num[f];
             r->len[f] = strlen(num[f]);
         } else {
@@ -903,8 +918,8 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
     if (p->path) {
         struct stat st;
         if (p->unzip && (stat(p->path, &st) != 0 || !S_ISDIR(st.st_mode)))
-            return cms_error_field(err, "path", "unzip = true needs an existing directory, "
-                                   "and '%.200s' is not one", p->path);
+            return cms_error_set(err, CMS_E_IO, "unzip = true needs an existing directory, "
+                                 "and '%.200s' is not one", p->path);
         if (cms_file_sink_open(&s->file, p->path, call_id, err) != 0)
             return -1;
         io->sink = cms_file_sink_callbacks(&s->file);
@@ -1134,9 +1149,10 @@ static int l_unzip(lua_State *L)
             max_total = opt_size(L, 3, "cmsrec.unzip", "max_size");
     }
     s = new_scratch(L); /* 4 */
-    /* archive bytes start with "PK"; a path holds no NUL and is short */
-    src.data = (len >= 2 && memcmp(src_str, "PK", 2) == 0) || strlen(src_str) != len ||
-                       len > 4096 ? src_str : NULL;
+    /* archive bytes start with a ZIP signature; a path holds no NUL and is short */
+    src.data = (len >= 4 && (memcmp(src_str, "PK\3\4", 4) == 0 ||
+                             memcmp(src_str, "PK\5\6", 4) == 0)) ||
+                       strlen(src_str) != len || len > 4096 ? src_str : NULL;
     src.len = src.data ? len : 0;
     src.path = src.data ? NULL : src_str;
     src.fd = -1;
@@ -1152,23 +1168,25 @@ static int l_unzip(lua_State *L)
     return 1;
 }
 
-/* cmsrec.download(config, req): new, download, close. */
+/* cmsrec.download(config, req[, opts]): new, download, close. */
 static int l_download_once(lua_State *L)
 {
     int rc;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
+    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
+    lua_settop(L, 3);
     lua_pushvalue(L, lua_upvalueindex(2)); /* new */
     lua_pushvalue(L, 1);
-    lua_call(L, 1, 1);                      /* 3: client */
+    lua_call(L, 1, 1);                      /* 4: client */
     lua_pushvalue(L, lua_upvalueindex(3)); /* download */
-    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 4);
     lua_pushvalue(L, 2);
-    rc = lua_pcall(L, 2, 2, 0);             /* 4, 5: data/nil, info/err */
-    lua_pushcfunction(L, l_close);
     lua_pushvalue(L, 3);
+    rc = lua_pcall(L, 3, 2, 0);             /* 5, 6: data/nil, info/err */
+    lua_pushcfunction(L, l_close);
+    lua_pushvalue(L, 4);
     lua_call(L, 1, 0);
     if (rc != 0)
         lua_error(L); /* after closing: the error message is on top again */

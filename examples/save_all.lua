@@ -1,13 +1,25 @@
 -- Bulk download: one callID per line on stdin, the recordings of each call saved
--- into DIR/<callID>/ (ZIP bundles unpacked), temporary failures retried with backoff.
+-- into DIR/<callID>/ (ZIP bundles unpacked), temporary failures retried with
+-- backoff. Calls already saved are skipped, so a failed run can simply be rerun.
 --
 --   lua5.4 examples/save_all.lua DIR < call-ids.txt
 --
 -- Configuration from the environment: CMSREC_URL, CMSREC_AK, CMSREC_SK, CMSREC_CAFILE.
+-- Prints "callID <tab> path <tab> bytes" for every file saved; exits 0 when all went well.
 local cmsrec = require "cmsrec"
 
+local ATTEMPTS = 4
+
 local dir = arg[1] or error("usage: lua5.4 examples/save_all.lua DIR < call-ids.txt")
-assert(os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'"))
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local function sleep(seconds) os.execute("sleep " .. tonumber(seconds)) end
+local function is_empty(path) -- true also when missing
+  local p = io.popen("ls -A " .. sh_quote(path) .. " 2>/dev/null")
+  local first = p:read("*l")
+  p:close()
+  return first == nil
+end
 
 local client <close> = cmsrec.new{
   base_url = os.getenv("CMSREC_URL") or error("set CMSREC_URL"),
@@ -15,14 +27,11 @@ local client <close> = cmsrec.new{
   timeout = 600, -- a one-hour recording is about 29 MB
 }
 
-local function sleep(seconds) os.execute("sleep " .. tonumber(seconds)) end
-
 -- Retry what may work later (network, timeout, 429/5xx, flow control), never auth failures.
-local function fetch(call_id)
-  local into = dir .. "/" .. call_id:gsub("[^%w%-_.]", "_"):gsub("^%.", "_")
-  assert(os.execute("mkdir -p '" .. into .. "'"))
-  for attempt = 1, 4 do
-    local info, err = client:download_file({ callID = call_id }, into, {
+local function fetch(call_id, into)
+  local info, err
+  for attempt = 1, ATTEMPTS do
+    info, err = client:download_file({ callID = call_id }, into, {
       unzip = true,
       on_progress = function(received, total)
         io.stderr:write(("\r%s: %.1f / %s MB "):format(call_id, received / 1e6,
@@ -30,28 +39,35 @@ local function fetch(call_id)
       end,
     })
     io.stderr:write("\r\27[K")
-    if info or not err.retryable then return info, err end
+    if info or not err.retryable or attempt == ATTEMPTS then break end
     local pause = err.retry_after or 2 ^ attempt
     io.stderr:write(("%s: %s; retrying in %d s\n"):format(call_id, tostring(err), pause))
     sleep(pause)
   end
-  return nil, "gave up after 4 attempts"
+  return info, err
 end
 
-local ok, failed = 0, 0
-for call_id in io.lines() do
-  call_id = call_id:match("^%s*(.-)%s*$")
-  if call_id ~= "" then
-    local info, err = fetch(call_id)
+local saved, skipped, failed = 0, 0, 0
+for line in io.lines() do
+  local call_id = line:match("^%s*(.-)%s*$")
+  local into = dir .. "/" .. call_id:gsub("[^%w%-_.]", "_"):gsub("^%.", "_")
+  if call_id == "" then
+    -- blank line
+  elseif not is_empty(into) then
+    skipped = skipped + 1
+  else
+    assert(os.execute("mkdir -p " .. sh_quote(into)))
+    local info, err = fetch(call_id, into)
     if info then
-      ok = ok + 1
+      saved = saved + 1
       for _, f in ipairs(info.files) do print(("%s\t%s\t%d"):format(call_id, f.path, f.size)) end
     else
       failed = failed + 1
+      os.remove(into) -- the empty directory: a rerun tries this call again
       io.stderr:write(("%s: %s\n"):format(call_id, tostring(err)))
-      if type(err) == "table" and err.kind == "auth" then break end -- stop before an IP lock
+      if err.kind == "auth" then break end -- stop before the CMS locks this IP
     end
   end
 end
-io.stderr:write(("%d saved, %d failed\n"):format(ok, failed))
+io.stderr:write(("%d saved, %d already there, %d failed\n"):format(saved, skipped, failed))
 os.exit(failed == 0)

@@ -16,14 +16,6 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function absolute_cpath()
-  local parts = {}
-  for p in package.cpath:gmatch("[^;]+") do
-    parts[#parts + 1] = p:sub(1, 1) == "/" and p or ROOT .. "/" .. p
-  end
-  return table.concat(parts, ";")
-end
-
 -- The environment of a download from the mock; `extra` adds or overrides (false removes).
 local function mock_env(extra)
   local env = { CMSREC_URL = mock.url, CMSREC_AK = H.AK, CMSREC_SK = H.SK, CMSREC_CAFILE = mock.ca }
@@ -36,7 +28,7 @@ end
 -- o.interrupt: send SIGINT (Ctrl-C) after that many seconds. Returns { code, out, err }.
 local function cli(args, o)
   o = o or {}
-  local env = { "LUA_CPATH=" .. q(absolute_cpath() .. ";;") }
+  local env = { "LUA_CPATH=" .. q(H.absolute_cpath() .. ";;") }
   if os.getenv("LD_PRELOAD") then env[#env + 1] = "LD_PRELOAD=" .. q(os.getenv("LD_PRELOAD")) end
   for k, v in pairs(o.env or {}) do env[#env + 1] = k .. "=" .. q(v) end
   local cmd = ("env -u CMSREC_URL -u CMSREC_AK -u CMSREC_SK -u CMSREC_CAFILE -u CMSREC_CONFIG %s%s %s %s %s")
@@ -220,7 +212,8 @@ describe("cmsrec CLI", function()
 
     it("an HTTP error status exits 1; a missing directory exits 6", function()
       assert.equal(1, cli("get --quiet --call-id http-500 -o " .. q(tmp), { env = mock_env() }).code)
-      local r = cli("get --call-id wav-2000 -o " .. q(tmp .. "/missing/"), { env = mock_env() })
+      -- a file in a missing directory (a path ending in / would be made)
+      local r = cli("get --call-id wav-2000 -o " .. q(tmp .. "/missing/x.wav"), { env = mock_env() })
       assert.equal(6, r.code)
       assert.same({}, listing(tmp))
     end)
@@ -342,6 +335,22 @@ describe("cmsrec CLI", function()
       -- a flag wins over the environment
       r = cli(plain .. " --ak nobody", { env = mock_env() })
       assert.equal(4, r.code)
+    end)
+
+    it("reads stall_timeout as its own setting, and -o dir/ makes the directory", function()
+      local path = config({ "url = " .. mock.url, "ak = " .. H.AK, "sk = " .. H.SK, "cafile = " .. mock.ca,
+                            "timeout = 30", "stall_timeout = 1" })
+      os.execute("chmod 600 " .. q(path))
+      local out = tmp .. "/new/dir/"
+      local r = cli(("get --config %s --call-id stall-15 -o %s"):format(q(path), q(out)))
+      assert.equal(5, r.code, r.err) -- cut by the 1 s stall timeout, long before 30 s
+      assert.matches("too slow", r.err)
+      r = cli(("get --config %s --stall-timeout x --call-id wav-2000 -o %s"):format(q(path), q(out)))
+      assert.equal(2, r.code)
+      assert.matches("%-%-stall%-timeout must be", r.err)
+      r = cli(("get --config %s --call-id wav-2000 -o %s"):format(q(path), q(out)))
+      assert.equal(0, r.code, r.err)
+      assert.same({ "wav-2000.wav" }, listing(out))
     end)
 
     it("warns when a config file holding the SK is readable by others", function()

@@ -37,6 +37,16 @@ local function capture(cmd, keep_env)
 end
 H.capture = capture
 
+-- package.cpath with relative entries made absolute, for children run elsewhere.
+function H.absolute_cpath()
+  local root = capture("pwd"):gsub("%s+$", "")
+  local parts = {}
+  for p in package.cpath:gmatch("[^;]+") do
+    parts[#parts + 1] = p:sub(1, 1) == "/" and p or root .. "/" .. p
+  end
+  return table.concat(parts, ";")
+end
+
 -- Run a Lua chunk in a new interpreter that loads the same build of cmsrec
 -- (same cpath, same sanitizer preload); `env` is a prefix such as "X=1".
 function H.run_lua(code, env)

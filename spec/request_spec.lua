@@ -41,9 +41,10 @@ describe("request validation", function()
 
   it("accepts integers and sends them as strings", function()
     mock.reset()
-    local _, err = client:download{ callID = 1748587841, beginTime = 20250530120000 }
+    -- 1001.0 is what lua-cjson gives for the JSON number 1001
+    local _, err = client:download{ callID = 1748587841, beginTime = 20250530120000, workNo = 1001.0 }
     assert.equal("api", err.kind) -- the mock has no such recording; validation passed
-    assert.matches('"callID":"1748587841","workNo":"","beginTime":"20250530120000"',
+    assert.matches('"callID":"1748587841","workNo":"1001","beginTime":"20250530120000"',
       mock.stats().last.body)
   end)
 

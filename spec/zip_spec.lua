@@ -59,8 +59,8 @@ describe("ZIP bundles", function()
   it("needs an existing directory to unzip into", function()
     local info, err = client:download_file({ callID = "zip-3" }, dir .. "/x.zip", { unzip = true })
     assert.is_nil(info)
-    assert.equal("invalid", err.kind)
-    assert.equal("path", err.field)
+    assert.equal("io", err.kind) -- as for any unusable destination
+    assert.matches("needs an existing directory", err.message)
   end)
 
   local bad = {
@@ -137,6 +137,16 @@ describe("ZIP bundles", function()
     client:download_file({ callID = "zipbad-abs" }, dir, { unzip = true })
     assert.is_nil(H.read_file(dir .. "/../evil.wav"))
     assert.is_nil(H.read_file("/tmp/cmsrec-evil.wav"))
+  end)
+
+  it("reads a path that happens to start with PK as a path", function()
+    local zip = client:download_file({ callID = "zip-2" }, dir .. "/bundle.zip")
+    os.execute(("mkdir %s/PKG && mv %s %s/PKG/b.zip"):format(dir, zip.path, dir))
+    local cpath = H.absolute_cpath()
+    local out = H.capture(("cd %s && %s -e %q 2>&1"):format(dir, os.getenv("CMSREC_LUA") or "lua5.4",
+      ("package.cpath = %q; print(#assert(require('cmsrec').unzip('PKG/b.zip')))"):format(cpath)),
+      true)
+    assert.equal("2", out:match("^(%S+)"), out)
   end)
 
   it("reports a missing archive file as io", function()

@@ -167,7 +167,9 @@ static int check_input(const cms_sign_input *in, cms_error *err)
         return cms_error_field(err, "sk", "'sk' is missing or empty");
     if (!in->method || !*in->method)
         return cms_error_field(err, "method", "'method' is missing or empty");
-    if (!in->path || in->path[0] != '/')
+    if (!in->path)
+        return cms_error_field(err, "path", "'path' is missing");
+    if (in->path[0] != '/')
         return cms_error_field(err, "path", "'path' must start with '/'");
     if (!in->timestamp || !*in->timestamp || strchr(in->timestamp, '/'))
         return cms_error_field(err, "timestamp",

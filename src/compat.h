@@ -32,23 +32,36 @@ static inline void cms_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 
 #endif
 
+/*
+ * cms_tointeger: 1 and the value in *out if the value at `i` is a number with
+ * an exact integer value (3, 3.0, 2^30; not 3.5, not the string "3").
+ */
 #if LUA_VERSION_NUM < 503
-/* Integers are doubles with no fraction before 5.3. */
-static inline int cms_compat_isinteger(lua_State *L, int i)
+/* Numbers are doubles, and lua_Integer may be 32 bits: go through the double. */
+static inline int cms_tointeger(lua_State *L, int i, long long *out)
 {
     lua_Number n;
     if (lua_type(L, i) != LUA_TNUMBER)
         return 0;
     n = lua_tonumber(L, i);
     /* range first: converting inf, NaN or a huge value is undefined */
-    return n >= -9007199254740992.0 && n <= 9007199254740992.0 &&
-           n == (lua_Number)(long long)n;
+    if (!(n >= -9007199254740992.0 && n <= 9007199254740992.0) ||
+        n != (lua_Number)(long long)n)
+        return 0;
+    *out = (long long)n;
+    return 1;
 }
-#define lua_isinteger cms_compat_isinteger
-/* lua_Integer may be 32 bits before 5.3: read integers through the double. */
-#define cms_tolonglong(L, i) ((long long)lua_tonumber((L), (i)))
 #else
-#define cms_tolonglong(L, i) ((long long)lua_tointeger((L), (i)))
+static inline int cms_tointeger(lua_State *L, int i, long long *out)
+{
+    int exact = 0;
+    lua_Integer v;
+    if (lua_type(L, i) != LUA_TNUMBER)
+        return 0;
+    v = lua_tointegerx(L, i, &exact); /* floats convert only when exact */
+    *out = (long long)v;
+    return exact;
+}
 #endif
 
 #endif
