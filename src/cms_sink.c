@@ -48,12 +48,7 @@ static int mem_write(void *ud, const char *p, size_t n, cms_error *err)
 
 cms_sink cms_mem_sink_callbacks(cms_mem_sink *m)
 {
-    cms_sink s;
-
-    s.begin = mem_begin;
-    s.write = mem_write;
-    s.ud = m;
-    return s;
+    return (cms_sink){mem_begin, mem_write, m};
 }
 
 /* ===== SHA-256 ===== */
@@ -239,19 +234,13 @@ static int file_write(void *ud, const char *p, size_t n, cms_error *err)
             return io_error(err, "writing in", f->dir, w < 0 ? errno : EIO);
         p += w;
         n -= (size_t)w;
-        f->written += w;
     }
     return 0;
 }
 
 cms_sink cms_file_sink_callbacks(cms_file_sink *f)
 {
-    cms_sink s;
-
-    s.begin = file_begin;
-    s.write = file_write;
-    s.ud = f;
-    return s;
+    return (cms_sink){file_begin, file_write, f};
 }
 
 static void fsync_dir(const char *dir)

@@ -46,7 +46,6 @@ typedef struct cms_file_sink {
     char *tmp;       /* the temporary file's name, NULL while it is unnamed */
     int fd;
     cms_format format;
-    long long written;
     cms_sha256 sha;
     char sha256[65]; /* set by commit */
 } cms_file_sink;

@@ -110,7 +110,6 @@ static int within_limit(transfer_ctx *ctx, size_t more)
 
     if (max <= 0 || (r->total <= max && r->bytes + (long long)more <= max))
         return 0;
-    ctx->failed = 1;
     return cms_error_set(ctx->err, CMS_E_TOO_LARGE,
                          "the recording is larger than max_size (%lld bytes)%s", max,
                          r->total > max ? ": the server announced more" : "");
