@@ -141,6 +141,18 @@ describe("errors", function()
     assert.is_true(os.time() - t0 <= 3)
   end)
 
+  it("timeout: connect_timeout bounds a connection that never completes", function()
+    local c = H.client{ base_url = mock.blackhole_url, connect_timeout = 1, timeout = false }
+    local t0 = os.time()
+    local err = fails(c, "wav-100")
+    c:close()
+    assert.equal("timeout", err.kind)
+    assert.equal(28, err.curl_code)
+    assert.matches("[Tt]ime", err.message)
+    assert.is_true(os.time() - t0 <= 3)
+    assert.is_true(err.retryable)
+  end)
+
   it("timeout: stall_timeout gives up on a transfer that stopped moving", function()
     local c = H.client{ timeout = false, stall_timeout = 1 }
     local t0 = os.time()

@@ -118,6 +118,7 @@ function mock.start()
       mock.other_ca = dir .. "/other-ca.pem"
       mock.url = "https://127.0.0.1:" .. mock.https_port
       mock.wrong_name_url = ("https://127.0.0.1:%d"):format(r.wrong_name_port)
+      mock.blackhole_url = ("https://127.0.0.1:%d"):format(r.blackhole_port)
       mock.http_url = "http://127.0.0.1:" .. mock.http_port
       return mock
     end

@@ -6,8 +6,9 @@ Usage: python3 test/mock_cms.py --state-dir DIR [--ak AK] [--sk SK]
 
 On start it writes DIR/{ca,server,other-ca}.{pem,key} (EC P-256, openssl CLI),
 listens on 127.0.0.1:0 for HTTPS and for plain HTTP (same handler), then
-writes DIR/ready.json {"https_port","http_port","wrong_name_port","pid","ak","ca"}
-(wrong_name_port: HTTPS with a certificate of the same CA for other.invalid). It logs one
+writes DIR/ready.json {"https_port","http_port","wrong_name_port","blackhole_port","pid",
+"ak","ca"} (wrong_name_port: HTTPS with a certificate of the same CA for other.invalid;
+blackhole_port: a full accept queue, so connecting there hangs). It logs one
 line per request to DIR/server.log and exits on SIGTERM/SIGINT or after
 --max-lifetime seconds (default 600). --self-test checks the auth-v2 signer
 against vectors V1-V3 of cms-protocol.md and exits.
@@ -662,6 +663,24 @@ subjectAltName = DNS:other.invalid
 """
 
 
+def blackhole():
+    """A port whose accept queue is full and never drained: connecting hangs
+    (the kernel drops the SYNs), which is how connect timeouts are tested."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(sock.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    return sock, fillers
+
+
 def make_certs(d):
     def p(name):
         return os.path.join(d, name)
@@ -729,8 +748,10 @@ def main(argv=None):
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
+    hole, hole_fillers = blackhole()  # kept open until exit
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
+            "blackhole_port": hole.getsockname()[1],
             "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
@@ -742,6 +763,8 @@ def main(argv=None):
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+    for sock in [hole, *hole_fillers]:
+        sock.close()
     with state.lock:
         state.log_file.close()
     try:
