@@ -356,8 +356,8 @@ static int check_destination(const cms_zip_list *l, const char *dir, cms_error *
     return 0;
 }
 
-/* mkdir -p for the parents of relative `name` under `root`, remembering new ones. */
-static int make_parents(const char *root, const char *name, placed *pl, cms_error *err)
+/* mkdir -p for the parents of relative `name` under our staging directory. */
+static int make_parents(const char *root, const char *name, cms_error *err)
 {
     char path[PATH_CAP];
     const char *p = name;
@@ -365,13 +365,9 @@ static int make_parents(const char *root, const char *name, placed *pl, cms_erro
     while ((p = strchr(p, '/')) != NULL) {
         if (join(path, root, name, (size_t)(p - name), err) != 0)
             return -1;
-        if (mkdir(path, 0777) == 0) { /* the umask applies */
-            if (pl && remember(pl, path, 1) != 0)
-                return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-        } else if (errno != EEXIST) {
+        if (mkdir(path, 0777) != 0 && errno != EEXIST)
             return cms_error_set(err, CMS_E_IO, "creating '%s' failed: %s", path,
                                  strerror(errno));
-        }
         p++;
     }
     return 0;
@@ -398,7 +394,7 @@ static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *
         const char *name = l->items[i].name;
         int fd, rc;
         if (join(path, stage, name, strlen(name), err) != 0 ||
-            make_parents(stage, name, NULL, err) != 0)
+            make_parents(stage, name, err) != 0)
             return -1;
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd < 0)
@@ -414,16 +410,56 @@ static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *
     return 0;
 }
 
-/* rename() that fails instead of replacing an existing file. */
-static int rename_noreplace(const char *from, const char *to)
+/*
+ * Open the parent directory of member `name` under `dir`, creating missing
+ * levels. Each level is opened with O_NOFOLLOW relative to the one before,
+ * so a symbolic link put there after check_destination still leads nowhere.
+ */
+static int open_parent(const char *dir, const char *name, placed *pl, cms_error *err)
+{
+    char path[PATH_CAP], comp[256];
+    const char *p = name, *slash;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    while (fd >= 0 && (slash = strchr(p, '/')) != NULL) {
+        int next;
+        snprintf(comp, sizeof comp, "%.*s", (int)(slash - p), p); /* <= 255: name rules */
+        if (mkdirat(fd, comp, 0777) == 0) { /* the umask applies */
+            int rc = join(path, dir, name, (size_t)(slash - name), err);
+            if (rc == 0 && remember(pl, path, 1) != 0)
+                rc = cms_error_set(err, CMS_E_NOMEM, "out of memory");
+            if (rc != 0) {
+                close(fd);
+                return -1;
+            }
+        } else if (errno != EEXIST) {
+            break;
+        }
+        next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        fd = next;
+        p = slash + 1;
+    }
+    if (fd < 0 || strchr(p, '/')) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return cms_error_set(err, CMS_E_IO, "cannot place '%.200s' in '%.200s': %s", name,
+                             dir, strerror(e));
+    }
+    return fd;
+}
+
+/* rename() into directory `dirfd` that fails instead of replacing a file. */
+static int rename_noreplace(const char *from, int dirfd, const char *leaf)
 {
 #ifdef RENAME_NOREPLACE
-    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+    if (renameat2(AT_FDCWD, from, dirfd, leaf, RENAME_NOREPLACE) == 0)
         return 0;
     if (errno != EINVAL && errno != ENOSYS)
         return -1;
 #endif
-    if (link(from, to) != 0) /* link() never replaces either */
+    if (linkat(AT_FDCWD, from, dirfd, leaf, 0) != 0) /* link() never replaces either */
         return -1;
     unlink(from);
     return 0;
@@ -438,11 +474,15 @@ static int move_into_place(cms_zip_list *l, const char *stage, const char *dir,
 
     for (i = 0; i < l->n; i++) {
         const char *name = l->items[i].name;
+        const char *leaf = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+        int parent, rc;
         if (join(from, stage, name, strlen(name), err) != 0 ||
             join(to, dir, name, strlen(name), err) != 0 ||
-            make_parents(dir, name, pl, err) != 0)
+            (parent = open_parent(dir, name, pl, err)) < 0)
             return -1;
-        if (rename_noreplace(from, to) != 0)
+        rc = rename_noreplace(from, parent, leaf);
+        close(parent);
+        if (rc != 0)
             return cms_error_set(err, CMS_E_IO, "moving '%.200s' into '%.200s' failed: %s",
                                  name, dir, strerror(errno));
         if (remember(pl, to, 0) != 0 || !(l->items[i].path = strdup(to)))

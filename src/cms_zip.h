@@ -10,7 +10,8 @@
  * member that exists already (extraction never replaces files). Members are
  * extracted into a hidden staging directory inside `dir`, each checked
  * against its declared size (and CRC, by libzip), and only when all are good
- * moved into place, all or none. A corrupt or unsafe archive is kind
+ * moved into place, all or none, each directory level opened with O_NOFOLLOW
+ * so that a symbolic link put there meanwhile leads nowhere. A corrupt or unsafe archive is kind
  * protocol, a destination problem kind io; either way nothing is left behind.
  */
 #ifndef CMS_ZIP_H
