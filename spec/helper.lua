@@ -129,7 +129,8 @@ end
 
 function mock.stop()
   if mock.pid then
-    sh("kill " .. mock.pid .. " 2>/dev/null")
+    -- the shell's own kill: procps' /usr/bin/kill is not on a minimal system
+    os.execute("kill " .. mock.pid .. " 2>/dev/null")
     sh("rm -rf " .. mock.dir)
   end
   mock.dir, mock.pid = nil, nil

@@ -56,5 +56,25 @@ for suite in $SUITES; do
     *) echo "unknown suite '$suite'"; failed=$((failed + 1)) ;;
     esac
 done
+# Every mock a suite started must have been stopped: an orphan is a mock whose
+# state directory is gone (read from /proc: procps may not be installed).
+orphans=0
+for cmdline in /proc/[0-9]*/cmdline; do
+    args=$(tr '\0' ' ' <"$cmdline" 2>/dev/null) || continue
+    case $args in
+    *mock_cms.py\ --state-dir\ /tmp/cmsrec-*)
+        dir=${args#*--state-dir }
+        dir=${dir%% *}
+        if [ ! -d "$dir" ]; then
+            pid=${cmdline#/proc/}
+            kill "${pid%/cmdline}" 2>/dev/null
+            orphans=$((orphans + 1))
+        fi ;;
+    esac
+done
+if [ "$orphans" -ne 0 ]; then
+    echo "not ok - $orphans mock CMS server(s) left running after their tests (now stopped)"
+    failed=$((failed + 1))
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
