@@ -8,7 +8,7 @@ top=$PWD
 work=$(mktemp -d /tmp/cmsrec-demo.XXXXXX)
 mock_pid=
 cleanup() {
-    [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true
+    [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null && wait "$mock_pid" || true
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM

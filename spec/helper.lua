@@ -129,8 +129,13 @@ end
 
 function mock.stop()
   if mock.pid then
-    -- the shell's own kill: procps' /usr/bin/kill is not on a minimal system
+    -- the shell's own kill: procps' /usr/bin/kill is not on a minimal system;
+    -- then wait until it has exited, so nothing outlives its tests
     os.execute("kill " .. mock.pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+      if not os.execute("kill -0 " .. mock.pid .. " 2>/dev/null") then break end
+      sh("sleep 0.05")
+    end
     sh("rm -rf " .. mock.dir)
   end
   mock.dir, mock.pid = nil, nil

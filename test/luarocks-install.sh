@@ -9,7 +9,7 @@ LUAV=${LUAV:-5.4}
 work=$(mktemp -d /tmp/cmsrec-rock.XXXXXX)
 mock_pid=
 cleanup() {
-    [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null
+    [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null && wait "$mock_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
