@@ -9,10 +9,12 @@
  * Authorization header must not reach another host), https only unless
  * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes.
  *
- * Routing: the first CMS_SNIFF_BYTES of a 2xx body are held back and sniffed.
- * A recording goes to the caller's sink (memory, file, Lua function); a JSON
- * result (errors come with HTTP 200) or any non-2xx body stays in
- * resp->body, bounded, so an error never reaches the sink.
+ * Routing: the start of a 2xx body is held back until cms_sniff_ready() (12
+ * bytes, or up to CMS_SNIFF_MAX when it starts with blanks) and sniffed. A
+ * recording goes to the caller's sink (memory, file, Lua function); a JSON
+ * result (errors come with HTTP 200), text, or any non-2xx body stays in
+ * resp->body, bounded, so an error never reaches the sink. max_size is
+ * enforced here, for every sink.
  */
 #ifndef CMS_TRANSFER_H
 #define CMS_TRANSFER_H
