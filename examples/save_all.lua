@@ -5,15 +5,20 @@
 --   lua5.4 examples/save_all.lua DIR < call-ids.txt
 --
 -- Configuration from the environment: CMSREC_URL, CMSREC_AK, CMSREC_SK, CMSREC_CAFILE.
+-- A pause between attempts follows the server's Retry-After, else 2, 4, 8 s, and is at
+-- most CMSREC_MAX_PAUSE seconds (default 60): a server asking for hours does not stall
+-- the whole run.
 -- Prints "callID <tab> path <tab> bytes" for every file saved; exits 0 when all went well.
 local cmsrec = require "cmsrec"
 
 local ATTEMPTS = 4
+local MAX_PAUSE = tonumber(os.getenv("CMSREC_MAX_PAUSE") or "") or 60
+if not (MAX_PAUSE >= 0) then MAX_PAUSE = 60 end -- negative or NaN
 
 local dir = arg[1] or error("usage: lua5.4 examples/save_all.lua DIR < call-ids.txt")
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function sleep(seconds) os.execute("sleep " .. tonumber(seconds)) end
+local function sleep(seconds) os.execute(("sleep %.3f"):format(seconds)) end
 local function is_empty(path) -- true also when missing
   local p = io.popen("ls -A " .. sh_quote(path) .. " 2>/dev/null")
   local first = p:read("*l")
@@ -40,8 +45,11 @@ local function fetch(call_id, into)
     })
     io.stderr:write("\r\27[K")
     if info or not err.retryable or attempt == ATTEMPTS then break end
-    local pause = err.retry_after or 2 ^ attempt
-    io.stderr:write(("%s: %s; retrying in %d s\n"):format(call_id, tostring(err), pause))
+    -- the server's wish (or exponential backoff), within [0, MAX_PAUSE]
+    local pause = tonumber(err.retry_after) or 2 ^ attempt
+    if not (pause >= 0) then pause = 0 end -- negative or NaN
+    pause = math.min(pause, MAX_PAUSE)
+    io.stderr:write(("%s: %s; retrying in %g s\n"):format(call_id, tostring(err), pause))
     sleep(pause)
   end
   return info, err

@@ -1,0 +1,368 @@
+-- Defects found by an adversarial review of bin/cmsrec and examples/save_all.lua;
+-- each test names its defect number. Run as separate processes on the build under
+-- test, against the mock CMS, like spec/cli_spec.lua.
+--
+-- Kept to the Lua 5.1 subset (no //, goto, <close>, bitwise operators).
+local H = require "spec.helper"
+local cjson = require "cjson"
+local mock = H.mock
+
+local ROOT = H.capture("pwd"):gsub("%s+$", "")
+local BIN = ROOT .. "/bin/cmsrec"
+local LUA = os.getenv("CMSREC_LUA") or "lua5.4"
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Seconds since boot, to 10 ms: wall-clock time of a run, independent of os.time's 1 s.
+local function now()
+  local f = assert(io.open("/proc/uptime"))
+  local t = f:read("*n")
+  f:close()
+  return t
+end
+
+-- The environment of a download from the mock; `extra` adds or overrides (false removes).
+local function mock_env(extra)
+  local env = { CMSREC_URL = mock.url, CMSREC_AK = H.AK, CMSREC_SK = H.SK, CMSREC_CAFILE = mock.ca }
+  for k, v in pairs(extra or {}) do env[k] = v or nil end
+  return env
+end
+
+-- `env -u ... VAR=value ...` with a clean CMSREC_* environment and the build under test.
+local function env_prefix(o)
+  local env = { "LUA_CPATH=" .. q(H.absolute_cpath() .. ";;") }
+  if os.getenv("LD_PRELOAD") then env[#env + 1] = "LD_PRELOAD=" .. q(os.getenv("LD_PRELOAD")) end
+  for k, v in pairs(o.env or {}) do env[#env + 1] = k .. "=" .. q(v) end
+  return ("env -u CMSREC_URL -u CMSREC_AK -u CMSREC_SK -u CMSREC_CAFILE -u CMSREC_CONFIG "
+    .. "-u CMSREC_MAX_PAUSE %s%s"):format(o.cd and "-C " .. q(o.cd) .. " " or "", table.concat(env, " "))
+end
+
+-- Runs `command` (a shell string run by `env`). o.env, o.cd as in cli_spec.lua;
+-- o.interrupt: SIGINT after that many seconds; o.stdout: a file to send stdout to
+-- (then r.out is ""); o.stdin: a file for stdin; o.limit: kill it after that many
+-- seconds (exit 124). Returns { code, out, err, elapsed }.
+local function run(command, o)
+  o = o or {}
+  local cmd = ("%s %s"):format(env_prefix(o), command)
+  if o.limit then cmd = ("timeout %s %s"):format(o.limit, cmd) end
+  local out, err = os.tmpname(), os.tmpname()
+  local redirect = ("<%s >%s 2>%s"):format(o.stdin or "/dev/null", o.stdout or out, err)
+  local line = o.interrupt
+    and ("%s %s & pid=$!; sleep %s; kill -INT $pid; wait $pid; echo $?"):format(cmd, redirect, o.interrupt)
+    or ("%s %s; echo $?"):format(cmd, redirect)
+  local t0 = now()
+  local status = H.capture(line)
+  local r = { code = tonumber(status:match("(%d+)%s*$")), out = H.read_file(out) or "",
+              err = H.read_file(err) or "", elapsed = now() - t0 }
+  os.remove(out)
+  os.remove(err)
+  return r
+end
+
+local function cli(args, o)
+  return run(("%s %s %s"):format(LUA, q(BIN), args), o)
+end
+
+local function listing(dir)
+  local names = {}
+  for name in H.capture("ls -A " .. q(dir)):gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+local function lines(text)
+  return select(2, text:gsub("\n", ""))
+end
+
+-- No Lua error escaped: no "internal error", no traceback.
+local function assert_clean(r)
+  assert.is_nil(r.err:find("internal error", 1, true), r.err)
+  assert.is_nil(r.err:find("traceback", 1, true), r.err)
+  assert.is_nil(r.out:find("traceback", 1, true), r.out)
+end
+
+describe("cmsrec review", function()
+  local tmp
+  setup(function() mock.start() end)
+  teardown(function() mock.stop() end)
+  before_each(function() tmp = H.capture("mktemp -d /tmp/cmsrec-review.XXXXXX"):gsub("%s+$", "") end)
+  after_each(function() H.capture("rm -rf " .. q(tmp)) end)
+
+  -- ===== #8: a file the tool reads is a directory, or unreadable =====
+
+  describe("#8", function()
+    it("#8 --config <a directory> --json: exit 2 and one JSON object", function()
+      local r = cli(("get --call-id X --config %s --json -o %s"):format(q(tmp), q(tmp)), { env = mock_env() })
+      assert.equal(2, r.code, r.err)
+      assert.equal(1, lines(r.out), "one line on stdout: " .. r.out)
+      local j = cjson.decode(r.out)
+      assert.is_false(j.ok)
+      assert.equal("usage", j.error.kind)
+      assert.truthy(j.error.message:find(tmp, 1, true), j.error.message)
+      assert.matches("config file", j.error.message)
+      assert.matches("directory", j.error.message)
+      assert.truthy(r.err:find(tmp, 1, true), r.err)
+      assert_clean(r)
+      assert.same({}, listing(tmp))
+    end)
+
+    it("#8 CMSREC_CONFIG=<a directory>, and an unreadable config file: exit 2 naming it", function()
+      local r = cli("get --call-id X -o " .. q(tmp), { env = mock_env({ CMSREC_CONFIG = tmp }) })
+      assert.equal(2, r.code, r.err)
+      assert.truthy(r.err:find("cannot read the config file '" .. tmp .. "'", 1, true), r.err)
+      assert_clean(r)
+      -- /proc/self/mem opens, and reading it from offset 0 fails (EIO), even for root
+      r = cli("get --json --call-id X --config /proc/self/mem -o " .. q(tmp), { env = mock_env() })
+      assert.equal(2, r.code, r.err)
+      assert.equal(1, lines(r.out), r.out)
+      assert.equal("usage", cjson.decode(r.out).error.kind)
+      assert.truthy(r.err:find("/proc/self/mem", 1, true), r.err)
+      assert_clean(r)
+    end)
+
+    it("#8 sign --body-file <a directory> or an unreadable file: exit 2, not an empty body", function()
+      local sign = "sign --ak globalaktest --timestamp 2024-10-31T14:06:52Z --header host=h --body-file "
+      for _, path in ipairs({ tmp, "/proc/self/mem" }) do
+        local r = cli(sign .. q(path), { env = { CMSREC_SK = "example-sk-0123456789" } })
+        assert.equal(2, r.code, r.err)
+        assert.equal("", r.out)
+        assert.truthy(r.err:find("--body-file '" .. path .. "'", 1, true), r.err)
+        assert_clean(r)
+      end
+      -- an ordinary file is still read, an empty one is an empty body
+      local body = tmp .. "/body.json"
+      H.write_file(body, '{"say": "Hello world!"}')
+      local r = cli(sign .. q(body) .. " --json", { env = { CMSREC_SK = "example-sk-0123456789" } })
+      assert.equal(0, r.code, r.err)
+      assert.matches("%%7B%%22say%%22", cjson.decode(r.out).canonical_request)
+    end)
+  end)
+
+  -- ===== #12: the "others can read the SK" warning =====
+
+  describe("#12", function()
+    local WARNING = "others can read it"
+    local function sk_config(path, mode)
+      H.write_file(path, table.concat({ "url = " .. mock.url, "ak = " .. H.AK, "sk = " .. H.SK,
+        "cafile = " .. mock.ca }, "\n") .. "\n")
+      assert(os.execute("chmod " .. mode .. " " .. q(path)))
+      return path
+    end
+    local function get_with(config, o)
+      o = o or {}
+      return cli(("get --config %s --call-id wav-2000 -o %s"):format(q(config), q(tmp)), o)
+    end
+
+    it("#12 a 0600 config file reached through a symlink: no warning", function()
+      local real = sk_config(tmp .. "/real.conf", "600")
+      assert(os.execute(("ln -s %s %s"):format(q(real), q(tmp .. "/link.conf"))))
+      for _, path in ipairs({ tmp .. "/link.conf", "link.conf" }) do
+        local r = get_with(path, { cd = tmp })
+        assert.equal(0, r.code, r.err)
+        assert.is_nil(r.err:find(WARNING, 1, true), path .. ": " .. r.err)
+      end
+      -- and a 0644 file behind a link is reported
+      assert(os.execute("chmod 644 " .. q(real)))
+      local r = get_with(tmp .. "/link.conf")
+      assert.equal(0, r.code, r.err)
+      assert.truthy(r.err:find(WARNING, 1, true), r.err)
+    end)
+
+    it("#12 a 0644 config file named '-conf': a warning, as ./-conf, as bare -conf, in CMSREC_CONFIG", function()
+      sk_config(tmp .. "/-conf", "644")
+      for _, path in ipairs({ "./-conf", "-conf", tmp .. "/-conf" }) do
+        local r = get_with(path, { cd = tmp })
+        assert.equal(0, r.code, r.err)
+        assert.truthy(r.err:find(WARNING, 1, true), path .. ": no warning in " .. r.err)
+      end
+      local r = cli("get --call-id wav-2000 -o " .. q(tmp), { cd = tmp, env = { CMSREC_CONFIG = "-conf" } })
+      assert.equal(0, r.code, r.err)
+      assert.truthy(r.err:find(WARNING, 1, true), "CMSREC_CONFIG=-conf: no warning in " .. r.err)
+      assert.is_nil(r.err:find(H.SK, 1, true))
+      -- and no warning once it is private
+      assert(os.execute("chmod 600 " .. q(tmp .. "/-conf")))
+      r = get_with("-conf", { cd = tmp })
+      assert.equal(0, r.code, r.err)
+      assert.is_nil(r.err:find(WARNING, 1, true), r.err)
+    end)
+
+    it("#12 plain files: 0644 and 0640 warn, 0600 and 0400 do not; any name", function()
+      for _, name in ipairs({ "cmsrec.conf", "it's a conf" }) do
+        local path = tmp .. "/" .. name
+        for _, case in ipairs({ { "644", true }, { "640", true }, { "604", true }, { "600", false },
+                                { "400", false } }) do
+          sk_config(path, case[1])
+          local r = get_with(path)
+          assert.equal(0, r.code, r.err)
+          assert.equal(case[2], r.err:find(WARNING, 1, true) ~= nil, name .. " " .. case[1] .. ": " .. r.err)
+          assert.is_nil(r.err:find(H.SK, 1, true))
+        end
+      end
+    end)
+  end)
+
+  -- ===== #13: examples/save_all.lua and Retry-After =====
+
+  describe("#13", function()
+    -- examples/save_all.lua OUT < ids, with the mock's settings; `pre` is Lua run first (lua -e).
+    local function save_all(ids, env, o)
+      local list = tmp .. "/ids.txt"
+      H.write_file(list, table.concat(ids, "\n") .. "\n")
+      o = o or {}
+      o.cd, o.stdin, o.env = tmp, list, mock_env(env)
+      return run(("%s %s %s/examples/save_all.lua %s"):format(LUA, o.pre and "-e " .. q(o.pre) or "", ROOT,
+        q(tmp .. "/out")), o)
+    end
+    -- A stand-in for the sleep command: notes the pause on stderr, waits for nothing.
+    local FAKE_SLEEP = [[
+      local execute = os.execute
+      os.execute = function(cmd)
+        local s = cmd and cmd:match("^sleep%s+(%S+)")
+        if s then io.stderr:write("SLEEP " .. s .. "\n") return true, "exit", 0 end
+        return execute(cmd)
+      end]]
+
+    it("#13 save_all.lua caps a long Retry-After at CMSREC_MAX_PAUSE and prints the pause used", function()
+      -- flow-retry answers flow control with Retry-After: 30
+      local r = save_all({ "flow-retry" }, { CMSREC_MAX_PAUSE = "1" }, { limit = 20 })
+      assert.equal(1, r.code, r.err) -- it failed after its attempts, without being killed
+      assert.is_true(r.elapsed < 10, r.elapsed .. " s")
+      local _, n = r.err:gsub("retrying in 1 s\n", "")
+      assert.equal(3, n, r.err) -- 4 attempts, 3 pauses, each the cap
+      assert.is_nil(r.err:find("retrying in 30", 1, true), r.err)
+      assert.matches("0 saved, 0 already there, 1 failed", r.err)
+    end)
+
+    it("#13 save_all.lua: the pause it prints is the pause it takes; backoff is capped too", function()
+      -- Retry-After: 30 is under the default cap (60): kept as it is
+      local r = save_all({ "flow-retry" }, nil, { pre = FAKE_SLEEP, limit = 20 })
+      assert.equal(1, r.code, r.err)
+      local pauses = {}
+      for said, slept in r.err:gmatch("retrying in (%S+) s\nSLEEP (%S+)\n") do
+        assert.equal(tonumber(said), tonumber(slept))
+        pauses[#pauses + 1] = tonumber(slept)
+      end
+      assert.same({ 30, 30, 30 }, pauses)
+      -- 502 has no Retry-After: 2, 4, 8 s of backoff, capped at 3
+      r = save_all({ "http-502" }, { CMSREC_MAX_PAUSE = "3" }, { pre = FAKE_SLEEP, limit = 20 })
+      assert.equal(1, r.code, r.err)
+      pauses = {}
+      for said, slept in r.err:gmatch("retrying in (%S+) s\nSLEEP (%S+)\n") do
+        assert.equal(tonumber(said), tonumber(slept))
+        pauses[#pauses + 1] = tonumber(slept)
+      end
+      assert.same({ 2, 3, 3 }, pauses)
+    end)
+  end)
+
+  -- ===== #2: Ctrl-C that lands outside on_progress =====
+
+  describe("#2", function()
+    -- Needs the C change that calls on_progress every 200 ms while an error answer arrives;
+    -- without it Ctrl-C takes effect only when the 6 s answer is complete.
+    it("#2 Ctrl-C while a JSON error answer trickles in: exit 6 within ~3 s, no traceback", function()
+      local r = cli("get --call-id slowjson-6 -o " .. q(tmp), { env = mock_env(), interrupt = 2 })
+      assert.equal(6, r.code, r.err)
+      assert.is_true(r.elapsed < 3.5, ("took %.1f s"):format(r.elapsed))
+      assert.truthy(r.err:find("cancel") or r.err:find("interrupt"), r.err)
+      assert_clean(r)
+      assert.same({}, listing(tmp))
+      r = cli("get --json --call-id slowjson-6 -o " .. q(tmp), { env = mock_env(), interrupt = 2 })
+      assert.equal(6, r.code, r.err)
+      assert.is_true(r.elapsed < 3.5, ("took %.1f s"):format(r.elapsed))
+      assert.equal(1, lines(r.out), r.out)
+      assert.equal("cancelled", cjson.decode(r.out).error.kind)
+      assert_clean(r)
+      assert.same({}, listing(tmp))
+    end)
+
+    -- The top-level handling on its own: the config file is a FIFO nobody writes to, so the
+    -- tool is blocked in io.open when Ctrl-C comes, and "interrupted!" is raised in plain
+    -- Lua code (lua5.4's hook, when io.open returns with EINTR), outside any pcall.
+    it("#2 Ctrl-C outside any download: 'cmsrec: interrupted', exit 6, one JSON object", function()
+      local fifo = tmp .. "/conf.fifo"
+      assert(os.execute("mkfifo " .. q(fifo)))
+      for _, json in ipairs({ false, true }) do
+        local r = cli(("get %s--config %s --call-id wav-2000 -o %s"):format(json and "--json " or "",
+          q(fifo), q(tmp .. "/")), { env = mock_env(), interrupt = 1, limit = 10 })
+        assert.equal(6, r.code, r.err)
+        assert.matches("^cmsrec: interrupted", r.err)
+        assert_clean(r)
+        if json then
+          assert.equal(1, lines(r.out), r.out)
+          local j = cjson.decode(r.out)
+          assert.is_false(j.ok)
+          assert.equal("cancelled", j.error.kind)
+        else
+          assert.equal("", r.out)
+        end
+        assert.same({ "conf.fifo" }, listing(tmp))
+      end
+    end)
+  end)
+
+  -- ===== #1: -o - writes the recording to stdout =====
+
+  describe("#1", function()
+    it("#1 -o - writes exactly the recording to stdout, the summary to stderr", function()
+      for _, id in ipairs({ "1748587841-77268", "zip-3" }) do
+        local want = mock.expect(id)
+        local r = cli("get --call-id " .. id .. " -o -", { env = mock_env(), cd = tmp })
+        assert.equal(0, r.code, r.err)
+        assert.equal(want.size, #r.out)
+        assert.equal(want.sha256, H.sha256(r.out))
+        assert.truthy(r.err:find(("saved to stdout (%s, %d bytes, sha256 %s)"):format(id == "zip-3" and "zip" or "wav",
+          want.size, want.sha256), 1, true), r.err)
+        assert.same({}, listing(tmp)) -- no file named "-"
+      end
+      -- --quiet: the recording only
+      local r = cli("get --quiet --call-id wav-2000 -o -", { env = mock_env(), cd = tmp })
+      assert.equal(0, r.code, r.err)
+      assert.equal("", r.err)
+      assert.equal(mock.expect("wav-2000").sha256, H.sha256(r.out))
+    end)
+
+    it("#1 -o /dev/stdout behaves exactly like -o -", function()
+      local want = mock.expect("wav-100000")
+      local r = cli("get --call-id wav-100000 -o /dev/stdout", { env = mock_env(), cd = tmp })
+      assert.equal(0, r.code, r.err)
+      assert.equal(want.sha256, H.sha256(r.out))
+      assert.matches("saved to stdout %(wav, 100000 bytes", r.err)
+      assert.equal(2, cli("get --json --call-id wav-2000 -o /dev/stdout", { env = mock_env(), cd = tmp }).code)
+      assert.same({}, listing(tmp))
+    end)
+
+    it("#1 --json -o - and --unzip -o - are usage errors: exit 2, nothing downloaded", function()
+      local r = cli("get --json --call-id wav-2000 -o -", { env = mock_env(), cd = tmp })
+      assert.equal(2, r.code, r.err)
+      assert.equal(1, lines(r.out), r.out)
+      local j = cjson.decode(r.out)
+      assert.equal("usage", j.error.kind)
+      assert.matches("%-%-json", j.error.message)
+      r = cli("get --unzip --call-id zip-3 -o -", { env = mock_env(), cd = tmp })
+      assert.equal(2, r.code, r.err)
+      assert.equal("", r.out)
+      assert.matches("%-%-unzip", r.err)
+      assert.same({}, listing(tmp))
+    end)
+
+    it("#1 a JSON error answer (notfound) with -o -: nothing on stdout, exit 3", function()
+      local r = cli("get --call-id notfound -o -", { env = mock_env(), cd = tmp })
+      assert.equal(3, r.code, r.err)
+      assert.equal("", r.out)
+      assert.matches("Record List is empty", r.err)
+      assert.same({}, listing(tmp))
+    end)
+
+    it("#1 -o - when stdout cannot be written (/dev/full): exit 6, kind io", function()
+      local r = cli("get --call-id wav-100000 -o -", { env = mock_env(), cd = tmp, stdout = "/dev/full" })
+      assert.equal(6, r.code, r.err)
+      assert.matches("stdout", r.err)
+      assert.is_nil(r.err:find("saved", 1, true), r.err)
+      assert_clean(r)
+      assert.same({}, listing(tmp))
+    end)
+  end)
+end)
