@@ -37,6 +37,8 @@ build = {
             "src/cms_sink.c",
             "src/cms_zip.c",
             "src/cms_url.c",
+            "src/cms_text.c",
+            "src/cms_fs.c",
          },
          libraries = { "curl", "crypto", "zip" },
          incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(LIBZIP_INCDIR)" },

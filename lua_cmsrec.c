@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -27,6 +28,7 @@
 #include "src/cms_request.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
+#include "src/cms_text.h"
 #include "src/cms_transfer.h"
 #include "src/cms_url.h"
 #include "src/cms_zip.h"
@@ -117,16 +119,27 @@ static void set_int_field(lua_State *L, const char *k, lua_Integer v)
     lua_setfield(L, -2, k);
 }
 
+/* A text field of an error as valid UTF-8 without control characters: the
+   message quotes server text and paths, and is printed and JSON-encoded. */
+static void set_text_field(lua_State *L, const char *k, const char *v)
+{
+    char clean[sizeof ((cms_error *)0)->message];
+
+    cms_strlcpy(clean, v, sizeof clean);
+    cms_text_clean(clean);
+    set_str_field(L, k, clean);
+}
+
 /* The one way a request failure reaches Lua: returns nil, err. */
 static int push_error(lua_State *L, const cms_error *e)
 {
     lua_pushnil(L);
     lua_createtable(L, 0, 8);
     set_str_field(L, "kind", cms_error_kind_name(e->kind));
-    set_str_field(L, "message", e->message);
-    set_str_field(L, "field", e->field);
-    set_str_field(L, "result_code", e->result_code);
-    set_str_field(L, "result_desc", e->result_desc);
+    set_text_field(L, "message", e->message);
+    set_text_field(L, "field", e->field);
+    set_text_field(L, "result_code", e->result_code);
+    set_text_field(L, "result_desc", e->result_desc);
     if (e->status > 0)
         set_int_field(L, "status", e->status);
     if (e->curl_code)
@@ -284,6 +297,28 @@ static int opt_function(lua_State *L, int idx, const char *what, const char *key
     return lua_gettop(L); /* stays on the stack for the whole download */
 }
 
+/* A string option that C uses as a C string: a NUL byte would cut it short. */
+static const char *opt_cstring(lua_State *L, int idx, const char *what, const char *key)
+{
+    size_t n = 0;
+    const char *s = opt_string(L, idx, what, key, &n);
+
+    if (s && strlen(s) != n)
+        luaL_error(L, "%s: option '%s' must not contain NUL bytes", what, key);
+    return s;
+}
+
+/* Argument `arg`, a path: a string without NUL bytes (or nil when optional). */
+static const char *check_path(lua_State *L, int arg, int optional)
+{
+    size_t n = 0;
+    const char *s = optional ? luaL_optlstring(L, arg, NULL, &n) : luaL_checklstring(L, arg, &n);
+
+    if (s && strlen(s) != n)
+        luaL_argerror(L, arg, "a path must not contain NUL bytes");
+    return s;
+}
+
 static char *dup_or_raise(lua_State *L, const char *s, size_t n)
 {
     char *p;
@@ -299,11 +334,8 @@ static char *dup_or_raise(lua_State *L, const char *s, size_t n)
 
 static char *dup_opt(lua_State *L, int idx, const char *key)
 {
-    size_t n = 0;
-    const char *s = opt_string(L, idx, "cmsrec.new", key, &n);
-    if (s && strlen(s) != n)
-        luaL_error(L, "cmsrec.new: option '%s' must not contain NUL bytes", key);
-    return dup_or_raise(L, s, n);
+    const char *s = opt_cstring(L, idx, "cmsrec.new", key);
+    return dup_or_raise(L, s, s ? strlen(s) : 0);
 }
 
 /* ===== CONFIG ===== */
@@ -311,8 +343,8 @@ static char *dup_opt(lua_State *L, int idx, const char *key)
 /* base_url + path -> c->url, c->path, c->host. */
 static void config_url(lua_State *L, int idx, client *c)
 {
-    const char *base = opt_string(L, idx, "cmsrec.new", "base_url", NULL);
-    const char *path = opt_string(L, idx, "cmsrec.new", "path", NULL);
+    const char *base = opt_cstring(L, idx, "cmsrec.new", "base_url");
+    const char *path = opt_cstring(L, idx, "cmsrec.new", "path");
     const char *problem;
     cms_url u;
 
@@ -733,11 +765,8 @@ static const char *json_text(lua_State *L, const char *key, char *out, size_t ca
     if (t == LUA_TNUMBER && n > -1e15 && n < 1e15 && n == (lua_Number)(long long)n)
         snprintf(out, cap, "%lld", (long long)n); /* cjson decodes 1 as 1.0 */
     else if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-        char *c;
         cms_strlcpy(out, lua_tostring(L, -1), cap);
-        for (c = out; *c; c++) /* server text ends up on terminals: no escapes */
-            if ((unsigned char)*c < 0x20 || *c == 0x7F)
-                *c = '?';
+        cms_text_clean(out); /* server text ends up on terminals and in JSON */
     }
     lua_pop(L, 1);
     return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
@@ -922,6 +951,7 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
                                  "and '%.200s' is not one", p->path);
         if (cms_file_sink_open(&s->file, p->path, call_id, err) != 0)
             return -1;
+        s->file.unzip = p->unzip;
         io->sink = cms_file_sink_callbacks(&s->file);
     } else if (p->sink) {
         if (cms_sha256_init(&s->sha) != 0)
@@ -933,6 +963,16 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
         io->sink = cms_mem_sink_callbacks(&s->mem);
     }
     return 0;
+}
+
+/* While a bundle is unpacked on_progress keeps its final figures, and keeps
+   being called, so that it (or Ctrl-C in it) can still cancel. */
+static int unzip_progress(void *ud, long long done, long long total, cms_error *err)
+{
+    dl_ctx *d = ud;
+
+    (void)done, (void)total;
+    return lua_progress(d, d->s->resp.bytes, d->s->resp.total, err);
 }
 
 /* The recording arrived: put it in place (file, unzipped files, sink digest). */
@@ -951,6 +991,7 @@ static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
     if (!d->plan->path)
         return 0;
     if (d->plan->unzip && s->resp.format == CMS_FMT_ZIP) {
+        cms_zip_progress progress;
         cms_zip_source src;
         src.data = NULL;
         src.len = 0;
@@ -959,10 +1000,14 @@ static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
         if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
             return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
         memcpy(sha_hex, f->sha256, 65);
+        memset(&progress, 0, sizeof progress);
+        progress.fn = d->plan->on_progress ? unzip_progress : NULL;
+        progress.ud = d;
+        clock_gettime(CLOCK_MONOTONIC, &progress.last); /* the final report just came */
         /* the archive stays a temporary file: cms_file_sink_close removes it */
         return cms_zip_extract(&src, f->dir, d->plan->max_size ? d->plan->max_size
                                                                 : CMSREC_DEFAULT_UNZIP_MAX,
-                               &s->zip, err);
+                               &progress, &s->zip, err);
     }
     if (cms_file_sink_commit(f, err) != 0)
         return -1;
@@ -1115,7 +1160,7 @@ static int l_download_file(lua_State *L)
     dl_plan p;
     client *c = begin_download(L, 4, &p);
 
-    p.path = luaL_optstring(L, 3, NULL);
+    p.path = check_path(L, 3, 1);
     read_opts(L, 4, "client:download_file", file_opts, 4, &p);
     if (!p.path == !p.sink)
         luaL_error(L, "client:download_file: give a path or opts.sink, %s",
@@ -1133,7 +1178,7 @@ static int l_unzip(lua_State *L)
 {
     size_t len;
     const char *src_str = luaL_checklstring(L, 1, &len);
-    const char *dir = luaL_optstring(L, 2, NULL);
+    const char *dir = check_path(L, 2, 1);
     long long max_total = CMSREC_DEFAULT_UNZIP_MAX;
     cms_zip_source src;
     cms_error err;
@@ -1157,7 +1202,7 @@ static int l_unzip(lua_State *L)
     src.path = src.data ? NULL : src_str;
     src.fd = -1;
     cms_error_clear(&err);
-    rc = dir ? cms_zip_extract(&src, dir, max_total, &s->zip, &err)
+    rc = dir ? cms_zip_extract(&src, dir, max_total, NULL, &s->zip, &err)
              : cms_zip_read(&src, max_total, &s->zip, &err);
     if (rc != 0) {
         scratch_release(L, 4);
@@ -1240,12 +1285,12 @@ static int l_sign(lua_State *L)
     luaL_argcheck(L, lua_gettop(L) == 1, 2, "found too many arguments");
     check_keys(L, 1, "cmsrec.sign", sign_keys, NSIGN_KEYS);
     memset(&in, 0, sizeof in);
-    in.ak = opt_string(L, 1, "cmsrec.sign", "ak", NULL);
+    in.ak = opt_cstring(L, 1, "cmsrec.sign", "ak");
     in.sk = (const unsigned char *)opt_string(L, 1, "cmsrec.sign", "sk", &in.sk_len);
-    in.method = opt_string(L, 1, "cmsrec.sign", "method", NULL);
-    in.path = opt_string(L, 1, "cmsrec.sign", "path", NULL);
+    in.method = opt_cstring(L, 1, "cmsrec.sign", "method");
+    in.path = opt_cstring(L, 1, "cmsrec.sign", "path");
     in.body = opt_string(L, 1, "cmsrec.sign", "body", &in.body_len);
-    in.timestamp = opt_string(L, 1, "cmsrec.sign", "timestamp", NULL);
+    in.timestamp = opt_cstring(L, 1, "cmsrec.sign", "timestamp");
     lua_newtable(L); /* anchor for number values turned into strings */
     in.nquery = read_pairs(L, 1, "query", query, lua_gettop(L));
     in.query = query;

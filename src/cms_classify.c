@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cms_request.h" /* cms_utf8_valid */
+#include "cms_text.h"
 
 /* Offset of the first byte after a UTF-8 BOM and whitespace. */
 static size_t skip_blank(const unsigned char *p, size_t n)
@@ -46,19 +47,20 @@ int cms_sniff_ready(const unsigned char *p, size_t n)
 
 void cms_excerpt(const char *p, size_t n, char *out, size_t cap)
 {
-    size_t start = skip_blank((const unsigned char *)p, n), i, keep;
+    size_t start = skip_blank((const unsigned char *)p, n), i, keep, bad;
 
     p += start;
     n -= start;
-    for (i = 0; i < n && i + 1 < cap && p[i] != '\r' && p[i] != '\n'; i++) {
-        unsigned char c = (unsigned char)p[i];
-        out[i] = c < 0x20 || c == 0x7F ? '?' : (char)c;
-    }
+    for (i = 0; i < n && i + 1 < cap && p[i] != '\r' && p[i] != '\n'; i++)
+        out[i] = p[i] ? p[i] : '?';
     /* a cut may leave half a UTF-8 sequence (at most 3 bytes): drop it */
     for (keep = i; keep > 0 && i - keep < 4 && !cms_utf8_valid(out, keep); keep--)
         ;
+    if (!cms_utf8_valid(out, keep))
+        keep = i; /* invalid elsewhere too (GBK, Latin-1): cleaned below */
     out[keep] = '\0';
-    if (!cms_utf8_valid(out, keep) || (keep == 0 && i > 0))
+    bad = cms_text_clean(out); /* C0, DEL, C1 controls and invalid bytes as '?' */
+    if (bad * 4 > keep || (keep == 0 && i > 0))
         snprintf(out, cap, "(binary)");
 }
 

@@ -38,8 +38,8 @@ const char *cms_format_name(cms_format f);
 const char *cms_format_ext(cms_format f);
 
 /* A printable one-line excerpt of an answer for messages: leading blanks
-   skipped, control characters as '?', cut at a UTF-8 boundary, "(binary)"
-   when it is not text. */
+   skipped, control characters (C0, DEL, C1) and bytes that are not UTF-8 as
+   '?', cut at a UTF-8 boundary, "(binary)" when it is mostly not text. */
 void cms_excerpt(const char *p, size_t n, char *out, size_t cap);
 
 /* 1 if the CMS result code means flow control (worth retrying later). */

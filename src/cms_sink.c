@@ -1,15 +1,15 @@
 /* cms_sink: memory and file destinations of a recording (see cms_sink.h). */
-#define _GNU_SOURCE /* O_TMPFILE, linkat */
+#define _GNU_SOURCE /* O_TMPFILE */
 #include "cms_sink.h"
+
+#include "cms_fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ===== MEMORY ===== */
@@ -124,13 +124,73 @@ static int io_error(cms_error *err, const char *what, const char *path, int e)
     return -1;
 }
 
+static const char *type_name(mode_t m)
+{
+    return S_ISDIR(m) ? "a directory" : S_ISLNK(m) ? "a symbolic link" :
+           S_ISBLK(m) ? "a block device" : S_ISCHR(m) ? "a character device" :
+           S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+}
+
+/* Only a regular file (or nothing) is ever replaced at `path`. */
+static int check_replaceable(const char *path, cms_error *err)
+{
+    struct stat st;
+
+    if (lstat(path, &st) != 0 || S_ISREG(st.st_mode))
+        return 0;
+    return cms_error_set(err, CMS_E_IO, "'%s' is %s: cmsrec replaces only regular files",
+                         path, type_name(st.st_mode));
+}
+
+static int set_dir_of(cms_file_sink *f, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+
+    f->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+    return f->dir ? 0 : -1;
+}
+
+/*
+ * A named destination. A regular file (or nothing) there: a temporary file
+ * beside it, renamed over it at the end. A symbolic link is followed: to a
+ * regular file, that file is replaced; to nothing, refused. A character
+ * device, FIFO or socket (/dev/null, a named pipe, /dev/stdout on a pipe) is
+ * written into as the bytes come, like curl does: it is never replaced.
+ */
+static int named_destination(cms_file_sink *f, const char *path, cms_error *err)
+{
+    struct stat st, lst;
+    int linked = lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode);
+
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT)
+            return io_error(err, "checking", path, errno);
+        if (linked)
+            return cms_error_set(err, CMS_E_IO, "'%s' is a symbolic link to a missing "
+                                 "file: not followed, not replaced", path);
+        f->path = strdup(path);
+    } else if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        f->direct = 1;
+        f->path = strdup(path);
+    } else if (!S_ISREG(st.st_mode)) {
+        return cms_error_set(err, CMS_E_IO, "'%s' is %s: cmsrec writes only to files, "
+                             "character devices and FIFOs", path, type_name(st.st_mode));
+    } else {
+        f->path = linked ? realpath(path, NULL) : strdup(path);
+        if (!f->path && linked)
+            return io_error(err, "following the link", path, errno);
+    }
+    if (!f->path || set_dir_of(f, f->path) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    return 0;
+}
+
 /* Split `path` into directory and name; a directory path gives name NULL. */
 static int split_destination(cms_file_sink *f, const char *path, const char *call_id,
                              cms_error *err)
 {
     struct stat st;
     char safe[256];
-    const char *slash;
 
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         size_t n = strlen(path);
@@ -143,60 +203,38 @@ static int split_destination(cms_file_sink *f, const char *path, const char *cal
     }
     if (!*path || path[strlen(path) - 1] == '/')
         return cms_error_set(err, CMS_E_IO, "the directory '%s' does not exist", path);
-    slash = strrchr(path, '/');
-    f->path = strdup(path);
-    f->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path))
-                   : strdup(".");
-    return f->path && f->dir ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
-}
-
-/* The process umask, read without changing it (umask(2) would race threads). */
-static mode_t current_umask(void)
-{
-    FILE *fp = fopen("/proc/self/status", "r");
-    char line[128];
-    unsigned int m;
-    mode_t mask = 022;
-
-    if (!fp)
-        return mask;
-    while (fgets(line, sizeof line, fp))
-        if (sscanf(line, "Umask: %o", &m) == 1) {
-            mask = (mode_t)m;
-            break;
-        }
-    fclose(fp);
-    return mask;
+    return named_destination(f, path, err);
 }
 
 /*
- * The temporary file. Where the file system supports it, an unnamed
- * O_TMPFILE file: if the process is killed, nothing is left behind. Else a
- * hidden ".cmsrec-XXXXXX" beside the destination, removed on failure.
+ * The temporary file. Where the file system supports it and the file can be
+ * named at the end, an unnamed O_TMPFILE file: if the process is killed,
+ * nothing is left behind. Else a hidden ".cmsrec-XXXXXXXXXXXX" beside the
+ * destination, removed on failure. Either way the umask applies.
  */
 static int open_temp(cms_file_sink *f, cms_error *err)
 {
 #if defined(O_TMPFILE) && !defined(CMS_NO_O_TMPFILE) /* the asan build tests the fallback */
-    /* the umask applies; read-write because unzip reads the download back */
+    /* read-write because unzip reads the download back */
     f->fd = open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
-    if (f->fd >= 0)
+    if (f->fd >= 0 && cms_tmpfile_linkable(f->dir))
         return 0;
-    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+    if (f->fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
         return io_error(err, "creating a file in", f->dir, errno);
+    if (f->fd >= 0)
+        close(f->fd);
 #endif
-    f->tmp = str_printf("%s/%s", f->dir, ".cmsrec-XXXXXX");
-    if (!f->tmp)
-        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    f->fd = mkstemp(f->tmp);
-    if (f->fd < 0) {
-        int e = errno;
-        free(f->tmp);
-        f->tmp = NULL;
-        return io_error(err, "creating a file in", f->dir, e);
-    }
-    /* mkstemp makes 0600; the result should look like any file the user writes */
-    fchmod(f->fd, 0666 & ~current_umask());
+    f->fd = cms_create_unique(f->dir, ".cmsrec-", &f->tmp);
+    if (f->fd < 0)
+        return io_error(err, "creating a file in", f->dir, errno);
     return 0;
+}
+
+/* Write into a device or FIFO: no temporary file, nothing to rename. */
+static int open_direct(cms_file_sink *f, cms_error *err)
+{
+    f->fd = open(f->path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    return f->fd >= 0 ? 0 : io_error(err, "opening", f->path, errno);
 }
 
 int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
@@ -208,33 +246,44 @@ int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
         return -1;
     if (cms_sha256_init(&f->sha) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    return open_temp(f, err);
+    return f->direct ? open_direct(f, err) : open_temp(f, err);
 }
 
+/* The destination path, in directory mode named from the callID and the format. */
+static int final_path(cms_file_sink *f, cms_error *err)
+{
+    char *base;
+
+    if (f->path)
+        return 0;
+    base = str_printf("%s/%s", f->dir, f->base);
+    f->path = base ? str_printf("%s.%s", base, cms_format_ext(f->format)) : NULL;
+    free(base);
+    return f->path ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
+}
+
+/* The format is known: in directory mode the name is too, and what is there
+   now is checked before the first byte is written, not after the last. */
 static int file_begin(void *ud, long long total, cms_format fmt, cms_error *err)
 {
     cms_file_sink *f = ud;
 
-    (void)total, (void)err;
+    (void)total;
     f->format = fmt;
-    return 0;
+    if (f->direct || (f->unzip && fmt == CMS_FMT_ZIP))
+        return 0;
+    return final_path(f, err) == 0 ? check_replaceable(f->path, err) : -1;
 }
 
 static int file_write(void *ud, const char *p, size_t n, cms_error *err)
 {
     cms_file_sink *f = ud;
+    int e;
 
     if (cms_sha256_update(&f->sha, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
-    while (n > 0) {
-        ssize_t w = write(f->fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return io_error(err, "writing in", f->dir, w < 0 ? errno : EIO);
-        p += w;
-        n -= (size_t)w;
-    }
+    if ((e = cms_write_all(f->fd, p, n)) != 0)
+        return io_error(err, "writing in", f->direct ? f->path : f->dir, e);
     return 0;
 }
 
@@ -253,55 +302,20 @@ static void fsync_dir(const char *dir)
     }
 }
 
-/* Give an unnamed temporary file a hidden name, so that it can be renamed. */
-static int name_temp(cms_file_sink *f, cms_error *err)
-{
-    char proc[64];
-    int tries;
-
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", f->fd);
-    for (tries = 0; tries < 16; tries++) {
-        unsigned long long r;
-        char name[32];
-        if (getrandom(&r, sizeof r, 0) != sizeof r)
-            r = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 20) ^ tries;
-        snprintf(name, sizeof name, ".cmsrec-%012llx", r & 0xFFFFFFFFFFFFULL);
-        f->tmp = str_printf("%s/%s", f->dir, name);
-        if (!f->tmp)
-            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-        if (linkat(AT_FDCWD, proc, AT_FDCWD, f->tmp, AT_SYMLINK_FOLLOW) == 0)
-            return 0;
-        free(f->tmp);
-        f->tmp = NULL;
-        if (errno != EEXIST)
-            return io_error(err, "naming the download in", f->dir, errno);
-    }
-    return io_error(err, "naming the download in", f->dir, EEXIST);
-}
-
-/* The destination path, in directory mode named from the callID and the format. */
-static int final_path(cms_file_sink *f, cms_error *err)
-{
-    char *base;
-
-    if (f->path)
-        return 0;
-    base = str_printf("%s/%s", f->dir, f->base);
-    f->path = base ? str_printf("%s.%s", base, cms_format_ext(f->format)) : NULL;
-    free(base);
-    return f->path ? 0 : cms_error_set(err, CMS_E_NOMEM, "out of memory");
-}
-
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err)
 {
     if (final_path(f, err) != 0)
         return -1;
     if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (f->direct) /* a device or FIFO: the bytes are there already */
+        return 0;
     if (fsync(f->fd) != 0)
         return io_error(err, "syncing the download in", f->dir, errno);
-    if (!f->tmp && name_temp(f, err) != 0)
+    if (check_replaceable(f->path, err) != 0) /* it may have changed meanwhile */
         return -1;
+    if (!f->tmp && cms_link_unique(f->fd, f->dir, ".cmsrec-", &f->tmp) != 0)
+        return io_error(err, "naming the download in", f->dir, errno);
     if (rename(f->tmp, f->path) != 0)
         return io_error(err, "renaming the download to", f->path, errno);
     free(f->tmp);

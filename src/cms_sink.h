@@ -7,8 +7,10 @@
  *           O_TMPFILE, where the file system allows), fsync'ed and renamed
  *           into place by cms_file_sink_commit(); anything else removes it,
  *           so a failed download leaves no partial file and an existing file
- *           untouched. A directory destination is named <callID>.<ext> once
- *           the format is known.
+ *           untouched. Only a regular file is ever replaced: a character
+ *           device or FIFO at the path is written into (like curl), anything
+ *           else refused. A directory destination is named <callID>.<ext>
+ *           once the format is known, and checked then, before any byte.
  * Both keep a SHA-256 of what they received.
  */
 #ifndef CMS_SINK_H
@@ -45,6 +47,8 @@ typedef struct cms_file_sink {
     char *base;      /* directory mode: the safe file name, without extension */
     char *tmp;       /* the temporary file's name, NULL while it is unnamed */
     int fd;
+    int direct;      /* a device or FIFO: written into, never replaced */
+    int unzip;       /* set by the caller: a ZIP is unpacked, never named */
     cms_format format;
     cms_sha256 sha;
     char sha256[65]; /* set by commit */

@@ -1,10 +1,12 @@
 /* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
 #include "cms_transfer.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -53,6 +55,7 @@ typedef struct transfer_ctx {
     int started;        /* first body byte seen: status known */
     int limit_hit;      /* we stopped an oversized answer on purpose */
     int failed;         /* the sink or progress set err and aborted */
+    int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
     struct timespec last_progress;
 } transfer_ctx;
 
@@ -65,6 +68,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (proxy CONNECT) */
         ctx->resp->content_type[0] = '\0';
         ctx->resp->retry_after = -1;
+        ctx->encoded = 0;
         return len;
     }
     v = memchr(p, ':', len);
@@ -82,6 +86,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
             vlen = cap;
         memcpy(ctx->resp->content_type, v, vlen);
         ctx->resp->content_type[vlen] = '\0';
+    } else if (strncasecmp(p, "content-encoding:", 17) == 0) {
+        ctx->encoded = !(vlen == 8 && strncasecmp(v, "identity", 8) == 0);
     } else if (strncasecmp(p, "retry-after:", 12) == 0 && vlen && vlen < 10 &&
                v[0] >= '0' && v[0] <= '9') {
         ctx->resp->retry_after = strtol(v, NULL, 10); /* the HTTP-date form is ignored */
@@ -97,7 +103,8 @@ static void on_first_byte(transfer_ctx *ctx)
     curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &ctx->resp->status);
     if (ctx->resp->status / 100 != 2)
         ctx->route = ROUTE_ANSWER;
-    else if (curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
+    else if (!ctx->encoded &&
+             curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
              cl >= 0)
         ctx->resp->total = (long long)cl;
 }
@@ -209,11 +216,12 @@ static int on_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     transfer_ctx *ctx = ud;
 
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-    if (ctx->route == ROUTE_ANSWER || ms_since(&ctx->last_progress) < CMS_PROGRESS_INTERVAL_MS)
+    if (ms_since(&ctx->last_progress) < CMS_PROGRESS_INTERVAL_MS)
         return 0;
     clock_gettime(CLOCK_MONOTONIC, &ctx->last_progress);
-    if (ctx->io->progress(ctx->io->progress_ud, ctx->resp->bytes, ctx->resp->total,
-                          ctx->err) != 0) {
+    /* also while an error answer arrives (received stays 0): cancel works throughout */
+    if (ctx->io->progress(ctx->io->progress_ud, ctx->resp->bytes,
+                          ctx->route == ROUTE_ANSWER ? -1 : ctx->resp->total, ctx->err) != 0) {
         if (ctx->err->kind == CMS_OK)
             cms_error_set(ctx->err, CMS_E_CANCELLED, "the download was cancelled");
         ctx->failed = 1;
@@ -286,6 +294,9 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
     SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
     SET(CURLOPT_FOLLOWLOCATION, 0L);
+    /* ask for the bytes as they are, but decode a body a gateway encoded anyway,
+       so a gzipped JSON error is seen as JSON and never saved as a recording */
+    SET(CURLOPT_ACCEPT_ENCODING, "identity");
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, protocols);
     SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);
@@ -329,13 +340,47 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     return rc;
 }
 
-static int transport_error(CURLcode rc, const char *errbuf, const char *url,
+/* libcurl 7.x says "out of memory" when an answer passes its limits (a
+   header line over 100 KB): when memory is plainly there, it was that. */
+static int memory_available(void)
+{
+    void *p = malloc(1 << 20);
+
+    free(p);
+    return p != NULL;
+}
+
+/*
+ * Some libcurl codes mean one thing before a connection exists and another
+ * once a server answered: "unsupported protocol" is a bad URL, or an answer
+ * without a status line (HTTP/0.9); "out of memory" may be an oversized
+ * answer. A server's nonsense is kind protocol.
+ */
+static cms_error_kind answer_error_kind(CURL *h, CURLcode rc)
+{
+    char *ip = NULL;
+    int connected = curl_easy_getinfo(h, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip && *ip;
+
+    if (connected && rc == CURLE_UNSUPPORTED_PROTOCOL)
+        return CMS_E_PROTOCOL;
+    if (connected && rc == CURLE_OUT_OF_MEMORY && memory_available())
+        return CMS_E_PROTOCOL;
+    return cms_curl_error_kind(rc);
+}
+
+static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char *url,
                            cms_error *err)
 {
-    cms_error_kind kind = cms_curl_error_kind(rc);
+    cms_error_kind kind = answer_error_kind(h, rc);
     const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
 
-    if (kind == CMS_E_INVALID)
+    if (kind == CMS_E_PROTOCOL && rc == CURLE_UNSUPPORTED_PROTOCOL)
+        cms_error_set(err, kind, "the server at %s did not answer HTTP (no status line): %s",
+                      url, what);
+    else if (kind == CMS_E_PROTOCOL && rc == CURLE_OUT_OF_MEMORY)
+        cms_error_set(err, kind, "the answer of %s went past libcurl's limits (a header "
+                      "line over 100 KB?)", url);
+    else if (kind == CMS_E_INVALID)
         cms_error_field(err, "base_url", "the URL cannot be used: %s", what);
     else
         cms_error_set(err, kind, "%s %s failed: %s",
@@ -344,6 +389,28 @@ static int transport_error(CURLcode rc, const char *errbuf, const char *url,
     err->curl_code = (int)rc;
     err->retryable = is_retryable_network(rc);
     return -1;
+}
+
+/*
+ * An idle kept-alive connection must have nothing to read: bytes there are an
+ * answer nobody asked for (a broken gateway), which libcurl 7.x would take as
+ * the answer to the next request, one call's recording given for another's.
+ * Shutting the socket down makes libcurl see the connection dead and open a
+ * new one; the descriptor stays libcurl's to close.
+ */
+static void drop_unclean_connection(CURL *h)
+{
+    curl_socket_t sock = CURL_SOCKET_BAD;
+    struct pollfd p;
+
+    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock) != CURLE_OK ||
+        sock == CURL_SOCKET_BAD)
+        return;
+    p.fd = sock;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, 0) > 0)
+        shutdown(sock, SHUT_RDWR);
 }
 
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
@@ -361,6 +428,7 @@ int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
     ctx.err = err;
     /* last_progress stays zero: the first report comes as soon as the recording starts */
     errbuf[0] = '\0';
+    drop_unclean_connection(h);
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, &ctx, errbuf);
     if (rc == CURLE_OK)
@@ -372,7 +440,7 @@ int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
     if (ctx.failed)
         return -1;
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && ctx.limit_hit))
-        return transport_error(rc, errbuf, url, err);
+        return transport_error(h, rc, errbuf, url, err);
     /* a body shorter than the sniffing window is decided at the end */
     if (ctx.route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(&ctx) != 0)
         return -1;

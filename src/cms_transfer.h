@@ -7,7 +7,9 @@
  *
  * Safety defaults: TLS verification on, redirects never followed (the
  * Authorization header must not reach another host), https only unless
- * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes.
+ * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes, bodies asked
+ * for unencoded but decoded when encoded anyway, and a kept-alive connection
+ * with unrequested bytes waiting on it never reused.
  *
  * Routing: the start of a 2xx body is held back until cms_sniff_ready() (12
  * bytes, or up to CMS_SNIFF_MAX when it starts with blanks) and sniffed. A
@@ -47,9 +49,11 @@ typedef struct cms_sink {
     void *ud;
 } cms_sink;
 
-/* Progress of the recording: received is 0 while waiting for the answer,
-   total -1 when unknown. Return 0 to go on, non-zero to cancel (err set by
-   the callee, else "cancelled"). Never called for an error answer's body. */
+/* Progress of the recording: received is 0 while waiting for the answer and
+   while an error answer arrives, total -1 when unknown. Called every
+   CMS_PROGRESS_INTERVAL_MS whatever comes, so a caller can always cancel:
+   return 0 to go on, non-zero to cancel (err set by the callee, else
+   "cancelled"). */
 typedef int (*cms_progress_fn)(void *ud, long long received, long long total,
                                cms_error *err);
 

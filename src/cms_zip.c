@@ -10,11 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <zip.h>
 
+#include "cms_buf.h"
+#include "cms_fs.h"
+#include "cms_text.h"
+
 #define COPY_BLOCK (64 * 1024)
+#define PROGRESS_INTERVAL_MS 200
 #define PATH_CAP 4096
 
 void cms_zip_list_init(cms_zip_list *l)
@@ -36,6 +42,19 @@ void cms_zip_list_free(cms_zip_list *l)
     cms_zip_list_init(l);
 }
 
+int cms_zip_progress_due(cms_zip_progress *p)
+{
+    struct timespec now;
+    long ms;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (now.tv_sec - p->last.tv_sec) * 1000L + (now.tv_nsec - p->last.tv_nsec) / 1000000L;
+    if (ms < PROGRESS_INTERVAL_MS)
+        return 0;
+    p->last = now;
+    return 1;
+}
+
 int cms_zip_name_safe(const char *name)
 {
     const char *p = name;
@@ -43,9 +62,8 @@ int cms_zip_name_safe(const char *name)
     if (!*name || name[0] == '/' || strchr(name, '\\') || name[1] == ':' ||
         strlen(name) > 1024)
         return 0;
-    for (; *p; p++) /* names end up in messages and on terminals */
-        if ((unsigned char)*p < 0x20 || *p == 0x7F)
-            return 0;
+    if (!cms_text_printable(name, strlen(name))) /* no C0/C1 controls, valid UTF-8 */
+        return 0;
     for (p = name; *p;) { /* every component: not empty (but a final '/'), not . or .. */
         const char *end = strchr(p, '/');
         size_t n = end ? (size_t)(end - p) : strlen(p);
@@ -141,11 +159,8 @@ static int check_member(zip_t *za, zip_int64_t i, zip_stat_t *st, long long max_
         return zip_fail(err, "a member cannot be read", zip_get_error(za));
     if (!cms_zip_name_safe(st->name)) {
         char shown[201];
-        size_t k;
-        for (k = 0; k < sizeof shown - 1 && st->name[k]; k++) /* no escapes in messages */
-            shown[k] = (unsigned char)st->name[k] < 0x20 || st->name[k] == 0x7F ? '?'
-                                                                                 : st->name[k];
-        shown[k] = '\0';
+        cms_strlcpy(shown, st->name, sizeof shown);
+        cms_text_clean(shown); /* no escapes in messages */
         return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%s' has an unsafe name: "
                              "it would escape the target directory, or holds control "
                              "characters", shown);
@@ -183,6 +198,32 @@ static int check_names(const cms_zip_list *l, cms_error *err)
     return 0;
 }
 
+/* A directory entry "a/" while a file "a" exists: both a file and a directory. */
+static int check_directories(zip_t *za, zip_int64_t count, const cms_zip_list *files,
+                             cms_error *err)
+{
+    zip_int64_t i;
+
+    for (i = 0; i < count; i++) {
+        const char *name = zip_get_name(za, (zip_uint64_t)i, 0);
+        size_t n = name ? strlen(name) : 0;
+        cms_zip_entry key;
+        char *file;
+        int clash;
+        if (n < 2 || name[n - 1] != '/')
+            continue;
+        if (!(file = strndup(name, n - 1)))
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        key.name = file;
+        clash = bsearch(&key, files->items, files->n, sizeof *files->items, by_name) != NULL;
+        free(file);
+        if (clash)
+            return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP member '%.*s' is both a file "
+                                 "and a directory", (int)(n - 1 > 200 ? 200 : n - 1), name);
+    }
+    return 0;
+}
+
 /* Fill `out` with the file members, sorted by name, every rule checked. */
 static int list_members(zip_t *za, long long max_total, cms_zip_list *out, cms_error *err)
 {
@@ -212,14 +253,47 @@ static int list_members(zip_t *za, long long max_total, cms_zip_list *out, cms_e
     if (out->n == 0)
         return cms_error_set(err, CMS_E_PROTOCOL, "the ZIP archive holds no files");
     qsort(out->items, out->n, sizeof *out->items, by_name);
-    return check_names(out, err);
+    if (check_names(out, err) != 0)
+        return -1;
+    return check_directories(za, count, out, err);
 }
 
 /* ===== READING ===== */
 
-/* Copy member `e` to `fd` (or into `*data`), checking the declared size. */
-static int copy_member(zip_t *za, const cms_zip_entry *e, int fd, char **data,
-                       cms_error *err)
+/* Where copy_member puts a member's bytes: a file, or memory. */
+typedef struct member_out {
+    int fd;                 /* -1 for memory */
+    cms_buf mem;
+    cms_zip_progress *progress;
+    long long *done;        /* bytes extracted so far, all members */
+    long long total;        /* what they declare, all members */
+} member_out;
+
+static int put_bytes(member_out *o, const cms_zip_entry *e, const char *p, size_t n,
+                     cms_error *err)
+{
+    int e_no;
+
+    if (o->fd < 0) {
+        /* grows with what really comes: a declared size proves nothing */
+        if (cms_buf_append(&o->mem, p, n) != 0)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory for '%.200s'", e->name);
+    } else if ((e_no = cms_write_all(o->fd, p, n)) != 0) {
+        return cms_error_set(err, CMS_E_IO, "writing '%.200s' failed: %s%s", e->name,
+                             strerror(e_no), e_no == ENOSPC ? " (disk full)" : "");
+    }
+    *o->done += (long long)n;
+    if (o->progress && o->progress->fn && cms_zip_progress_due(o->progress) &&
+        o->progress->fn(o->progress->ud, *o->done, o->total, err) != 0) {
+        if (err->kind == CMS_OK)
+            cms_error_set(err, CMS_E_CANCELLED, "unpacking was cancelled");
+        return -1;
+    }
+    return 0;
+}
+
+/* Copy member `e` to `o`, checking its size against the declared one. */
+static int copy_member(zip_t *za, const cms_zip_entry *e, member_out *o, cms_error *err)
 {
     char buf[COPY_BLOCK];
     zip_file_t *zf = zip_fopen_index(za, e->index, 0);
@@ -228,19 +302,12 @@ static int copy_member(zip_t *za, const cms_zip_entry *e, int fd, char **data,
 
     if (!zf)
         return zip_fail(err, "a member cannot be opened", zip_get_error(za));
-    if (data && !(*data = malloc(e->size > 0 ? (size_t)e->size : 1))) {
-        zip_fclose(zf);
-        return cms_error_set(err, CMS_E_NOMEM, "out of memory for '%.200s'", e->name);
-    }
     while ((n = zip_fread(zf, buf, sizeof buf)) > 0) {
         if (got + n > e->size)
             break;
-        if (data)
-            memcpy(*data + got, buf, (size_t)n);
-        else if (write(fd, buf, (size_t)n) != n) {
+        if (put_bytes(o, e, buf, (size_t)n, err) != 0) {
             zip_fclose(zf);
-            return cms_error_set(err, CMS_E_IO, "writing '%.200s' failed: %s", e->name,
-                                 strerror(errno));
+            return -1;
         }
         got += n;
     }
@@ -256,6 +323,16 @@ static int copy_member(zip_t *za, const cms_zip_entry *e, int fd, char **data,
     return 0;
 }
 
+static long long declared_total(const cms_zip_list *l)
+{
+    long long t = 0;
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        t += l->items[i].size; /* bounded by max_total in list_members */
+    return t;
+}
+
 int cms_zip_read(const cms_zip_source *src, long long max_total, cms_zip_list *out,
                  cms_error *err)
 {
@@ -266,9 +343,20 @@ int cms_zip_read(const cms_zip_source *src, long long max_total, cms_zip_list *o
     if (!za)
         return -1;
     if (list_members(za, max_total, out, err) == 0) {
-        for (i = 0; i < out->n; i++)
-            if (copy_member(za, &out->items[i], -1, &out->items[i].data, err) != 0)
+        long long done = 0;
+        member_out o = {-1, {NULL, 0, 0}, NULL, &done, declared_total(out)};
+        for (i = 0; i < out->n; i++) {
+            cms_buf_init(&o.mem);
+            if (copy_member(za, &out->items[i], &o, err) != 0) {
+                cms_buf_free(&o.mem);
                 break;
+            }
+            if (!o.mem.data && cms_buf_reserve(&o.mem, 0) != 0) { /* an empty member */
+                cms_error_set(err, CMS_E_NOMEM, "out of memory");
+                break;
+            }
+            out->items[i].data = cms_buf_steal(&o.mem, NULL);
+        }
         rc = i == out->n ? 0 : -1;
     }
     zip_discard(za);
@@ -385,9 +473,12 @@ static void remove_tree(const char *path)
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *err)
+static int extract_to(zip_t *za, cms_zip_list *l, const char *stage,
+                      cms_zip_progress *progress, cms_error *err)
 {
     char path[PATH_CAP];
+    long long done = 0;
+    member_out o = {-1, {NULL, 0, 0}, progress, &done, declared_total(l)};
     size_t i;
 
     for (i = 0; i < l->n; i++) {
@@ -400,7 +491,8 @@ static int extract_to(zip_t *za, cms_zip_list *l, const char *stage, cms_error *
         if (fd < 0)
             return cms_error_set(err, CMS_E_IO, "creating '%s' failed: %s", path,
                                  strerror(errno));
-        rc = copy_member(za, &l->items[i], fd, NULL, err);
+        o.fd = fd;
+        rc = copy_member(za, &l->items[i], &o, err);
         if (rc == 0 && fsync(fd) != 0)
             rc = cms_error_set(err, CMS_E_IO, "syncing '%s' failed: %s", path, strerror(errno));
         close(fd);
@@ -492,7 +584,7 @@ static int move_into_place(cms_zip_list *l, const char *stage, const char *dir,
 }
 
 static int extract_checked(zip_t *za, cms_zip_list *l, const char *dir, placed *pl,
-                           cms_error *err)
+                           cms_zip_progress *progress, cms_error *err)
 {
     char stage[PATH_CAP];
     int rc;
@@ -503,7 +595,7 @@ static int extract_checked(zip_t *za, cms_zip_list *l, const char *dir, placed *
         return cms_error_set(err, CMS_E_IO, "creating a directory in '%.200s' failed: %s",
                              dir, strerror(errno));
     /* the archive's own faults first (protocol), then the destination's (io) */
-    rc = extract_to(za, l, stage, err);
+    rc = extract_to(za, l, stage, progress, err);
     if (rc == 0)
         rc = check_destination(l, dir, err);
     if (rc == 0)
@@ -528,7 +620,7 @@ static int prepare_dir(const char *dir, placed *pl, cms_error *err)
 }
 
 int cms_zip_extract(const cms_zip_source *src, const char *dir, long long max_total,
-                    cms_zip_list *out, cms_error *err)
+                    cms_zip_progress *progress, cms_zip_list *out, cms_error *err)
 {
     placed pl = {NULL, NULL, 0, 0};
     zip_t *za;
@@ -538,7 +630,7 @@ int cms_zip_extract(const cms_zip_source *src, const char *dir, long long max_to
     if (!za)
         return -1;
     if (list_members(za, max_total, out, err) == 0 && prepare_dir(dir, &pl, err) == 0)
-        rc = extract_checked(za, out, dir, &pl, err);
+        rc = extract_checked(za, out, dir, &pl, progress, err);
     zip_discard(za);
     forget(&pl, rc != 0); /* on failure: remove what was placed, newest first */
     if (rc != 0)

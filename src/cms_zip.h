@@ -18,6 +18,7 @@
 #define CMS_ZIP_H
 
 #include <stddef.h>
+#include <time.h>
 
 #include "cms_error.h"
 
@@ -51,9 +52,21 @@ void cms_zip_list_free(cms_zip_list *l);
 /* Every file member into memory (directories are skipped). */
 int cms_zip_read(const cms_zip_source *src, long long max_total, cms_zip_list *out,
                  cms_error *err);
-/* Every file member under `dir` (created if missing). */
+/* Called while members are written, at most every 200 ms: `done` of `total`
+   bytes. Non-zero cancels (err set by the callee, else kind cancelled) and
+   everything written so far is removed. */
+typedef struct cms_zip_progress {
+    int (*fn)(void *ud, long long done, long long total, cms_error *err);
+    void *ud;
+    struct timespec last; /* zero: the first call comes after the first block */
+} cms_zip_progress;
+
+/* 1 when the interval since the last report has passed (and it restarts). */
+int cms_zip_progress_due(cms_zip_progress *p);
+
+/* Every file member under `dir` (created if missing); `progress` may be NULL. */
 int cms_zip_extract(const cms_zip_source *src, const char *dir, long long max_total,
-                    cms_zip_list *out, cms_error *err);
+                    cms_zip_progress *progress, cms_zip_list *out, cms_error *err);
 
 /* 1 if `name` is a safe relative member name ("a/b.wav"; "a/" for a directory). */
 int cms_zip_name_safe(const char *name);

@@ -55,8 +55,30 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
   drop-N            wav-N headers, first N//2 bytes, then abrupt close
   stall-S           Content-Length 100000, 1000 bytes, sleep S (<= 30) s, close
   slowheaders-S     sleep S (<= 30) s, then the notfound answer
+  slowjson-S        200 JSON with Content-Length: the notfound answer padded with spaces
+                    after its '{', trickled in pieces 0.1 s apart over S (<= 30) s; the
+                    first piece is '{' and 15 spaces
+  slow503-S         as slowjson-S, but status 503 with Retry-After: 7
+  zipbig-M          ZIP (deflated, small) of big_1.wav..big_4.wav, each a WAV header and
+                    zeros, exactly M MiB (1 <= M <= 512; built once, cached)
+  gzipjson          200 JSON, Content-Encoding: gzip, the notfound answer gzipped
+  gzipwav-N         Content-Encoding: gzip, the gzip of wav-N (44 <= N <= 64 MiB);
+                    /_mock/expect gives the decoded size and sha256 (those of wav-N)
+  extra-N           as wav-N (44 <= N <= 64 MiB), then after 0.3 s an unrequested second
+                    200 response (the bytes of wav-(N+1)) on the same keep-alive
+                    connection; stats.extra_sent counts them
+  gbkdesc           200 JSON resultCode 1, resultDesc in raw GBK bytes (not UTF-8)
+  c1desc            200 JSON resultCode 1, resultDesc with a raw U+009B (C2 9B): a C1 CSI
+  badtext           500 text/plain with a C1 CSI, GBK bytes and an ESC [2J
+  zipbad-c1name     ZIP with rec_1.wav and a member named a<U+009B>31mb (UTF-8 flag)
+  zipbad-filedir    ZIP with rec_1.wav, a file member a and then a directory entry a/
+  zipbad-declared   ZIP (stored, no zip64) whose member b.wav holds 4 bytes "RIFF" but
+                    declares 3 GiB uncompressed
+  http09            no status line: raw WAV-like bytes, then close (HTTP/0.9 style)
+  bigheader         200 the notfound answer with a 200000-character X-Filler header
   anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
-                    zip-K outside 1..1000, N > 2**32)
+                    zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
+                    gzipwav-N / extra-N outside 44..64 MiB)
 
 Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
 of the success body of ID), /_mock/reset.
@@ -64,6 +86,7 @@ of the success body of ID), /_mock/reset.
 import argparse
 import datetime
 import difflib
+import gzip
 import hashlib
 import hmac
 import io
@@ -93,8 +116,13 @@ NOTFOUND = b'{"resultData":"","resultCode":"1","resultDesc":"Record List is empt
 BLOCK = 64 * 1024          # generation block (fixed: keeps the byte stream deterministic)
 CHUNK = 16 * 1024          # Transfer-Encoding chunk size
 MAX_BODY = 1 << 32         # wav-N / unknown-N above this are treated as "anything else"
+MAX_SMALL = 64 << 20       # same for gzipwav-N / extra-N (built in memory / sent twice)
 MAX_REQUEST = 1 << 20      # largest request body accepted
 BIGERROR_MB = 64           # size of the bigerror body
+ZIPBIG_MB = 512            # largest zipbig-M member size
+TRICKLE_STEP = 0.1         # seconds between the pieces of slowjson-S / slow503-S
+EXTRA_DELAY = 0.3          # seconds before the unrequested response of extra-N
+HTTP09 = b"RIFF\x24\x00\x00\x00WAVEhello, no status line"
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
 SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
@@ -120,6 +148,11 @@ FIXED = {  # callID -> (status, body, content type)
     "html": (200, b"<!DOCTYPE html><html><body>Please log in</body></html>", "text/html"),
     "jsonarray": (200, b'[{"resultCode":"1"}]', JSON_CT),
     "blank": (200, b" \r\n" * 10, "text/plain"),
+    "gbkdesc": (200, b'{"resultCode":"1","resultDesc":"' + "录音不存在".encode("gbk")
+                + b'","resultData":""}', JSON_CT),
+    "c1desc": (200, b'{"resultCode":"1","resultDesc":"' + "Record\u009b31m List is empty".encode()
+               + b'","resultData":""}', JSON_CT),
+    "badtext": (500, b"bad \xc2\x9b31m gateway \xb4\xed\xce\xf3 \x1b[2J end", "text/plain"),
 }
 
 # ---------------------------------------------------------------- auth-v2 signer
@@ -258,6 +291,44 @@ def zip64_declaring(name, data, declared):
     return local + central + end
 
 
+def zip32_declaring(name, data, declared):
+    """A one-member ZIP (stored, no zip64) whose member lies about its size (< 4 GiB)."""
+    crc = zlib.crc32(data)
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, crc, len(data), declared,
+                        len(name), 0) + name + data
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, crc, len(data),
+                          declared, len(name), 0, 0, 0, 0, 0o100644 << 16, 0) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local), 0)
+    return local + central + end
+
+
+@lru_cache(maxsize=2)
+def zipbig_bytes(m):
+    """ZIP (deflated) of big_1.wav..big_4.wav, each a WAV header and zeros, m MiB each."""
+    size, zeros = m << 20, bytes(1 << 20)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(1, 5):
+            info = zipfile.ZipInfo(f"big_{i}.wav", date_time=(2024, 10, 31, 14, 6, 52))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            with zf.open(info, "w") as dest:
+                dest.write(wav_header(size))
+                left = size - 44
+                while left > 0:
+                    left -= dest.write(zeros[:left])
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def gzip_wav(n):
+    """The gzip (deterministic header) of the bytes of wav-n."""
+    comp, out = zlib.compressobj(6, zlib.DEFLATED, 31), []
+    for piece in wav_pieces(n):
+        out.append(comp.compress(piece))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
 @lru_cache(maxsize=16)
 def special_zip(name):
     """Archives for the unzip tests: zip-dirs is good, zipbad-* must be refused."""
@@ -281,6 +352,15 @@ def special_zip(name):
     if name == "zipbad-trunc":
         data = zip_of(good + [("rec_2.wav", wav_bytes(10002), 0o100644)])
         return data[: len(data) // 2]
+    if name == "zipbad-c1name":  # a C1 CSI in a member name (stored as UTF-8)
+        return zip_of(good + [("a\u009b31mb", b"RIFF c1", 0o100644)])
+    if name == "zipbad-filedir":  # a file and then a directory of the same name
+        return zip_of(good + [("a", b"RIFF file a", 0o100644), ("a/", b"", 0o040755)])
+    if name == "zipbad-declared":  # 4 bytes declared as 3 GiB (stored, no zip64)
+        return zip32_declaring(b"b.wav", b"RIFF", 3 << 30)
+    kind, _, arg = name.partition("-")
+    if kind == "zipbig" and arg.isascii() and arg.isdigit() and 1 <= int(arg) <= ZIPBIG_MB:
+        return zipbig_bytes(int(arg))
     return None
 
 
@@ -290,14 +370,15 @@ def success_body(cid):
         return 160044, "application/octet-stream", lambda: wav_pieces(160044)
     if re.match(r"[./ ]*odd", cid):  # any name: for file-name safety tests
         return 1000, "application/octet-stream", lambda: wav_pieces(1000)
-    special = special_zip(cid) if cid.startswith(("zip-dirs", "zipbad-")) else None
+    special = special_zip(cid) if cid.startswith(("zip-dirs", "zipbad-", "zipbig-")) else None
     if special is not None:
         return len(special), "application/zip", lambda: iter([special])
     kind, _, arg = cid.partition("-")
     if not (arg.isascii() and arg.isdigit()):
         return None
     n = int(arg)
-    if kind in ("wav", "chunked", "drop") and 44 <= n <= MAX_BODY:
+    if kind in ("wav", "chunked", "drop") and 44 <= n <= MAX_BODY \
+            or kind in ("gzipwav", "extra") and 44 <= n <= MAX_SMALL:  # gzipwav: decoded
         return n, "application/octet-stream", lambda: wav_pieces(n)
     if kind == "unknown" and 3 <= n <= MAX_BODY:
         return n, "application/octet-stream", lambda: unknown_pieces(n)
@@ -320,6 +401,7 @@ class State:
         with self.lock:
             self.requests = self.connections = self.auth_failures = 0
             self.last = self.bigerror_sent = None
+            self.extra_sent = 0
 
     def count_connection(self):
         with self.lock:
@@ -343,7 +425,7 @@ class State:
         with self.lock:
             return {"requests": self.requests, "connections": self.connections,
                     "auth_failures": self.auth_failures, "last": self.last,
-                    "bigerror_sent": self.bigerror_sent}
+                    "bigerror_sent": self.bigerror_sent, "extra_sent": self.extra_sent}
 
     def log(self, line):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
@@ -480,6 +562,27 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(pending), pending))
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _trickle(self, code, seconds, headers=None):
+        """The notfound answer padded with JSON whitespace after its '{', written in
+        pieces TRICKLE_STEP apart over seconds; stop quietly if the client hangs up."""
+        steps = max(1, round(seconds / TRICKLE_STEP))
+        pieces = [b"{" + b" " * 15] + [b" " * 16] * (steps - 1) + [NOTFOUND[1:]]
+        start = time.monotonic()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", JSON_CT)
+            self.send_header("Content-Length", str(sum(map(len, pieces))))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            for i, piece in enumerate(pieces):
+                time.sleep(max(0.0, start + i * seconds / steps - time.monotonic()))
+                self.wfile.write(piece)
+                self.wfile.flush()
+        except OSError as exc:
+            self.close_connection = True
+            self._note = f" (client hung up: {type(exc).__name__})"
 
     def _abort(self):
         """Close the TCP connection without a clean TLS/HTTP ending."""
@@ -627,6 +730,19 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "slowheaders" and num is not None:
             time.sleep(min(num, 30))
             return self._reply(*FIXED["notfound"])
+        if kind == "slowjson" and num is not None:
+            return self._trickle(200, min(num, 30))
+        if kind == "slow503" and num is not None:
+            return self._trickle(503, min(num, 30), headers={"Retry-After": "7"})
+        if cid == "gzipjson":
+            return self._reply(200, gzip.compress(NOTFOUND, mtime=0),
+                               headers={"Content-Encoding": "gzip"})
+        if cid == "bigheader":
+            return self._reply(*FIXED["notfound"], headers={"X-Filler": "a" * 200000})
+        if cid == "http09":  # no status line at all: raw bytes, then close
+            self.close_connection, self._note = True, " (HTTP/0.9 style: no status line)"
+            self.wfile.write(HTTP09)
+            return self.wfile.flush()
         body = success_body(cid)
         if body is None:
             return self._reply(*FIXED["notfound"])
@@ -634,6 +750,16 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "drop":
             self._stream(size, ctype, pieces(), limit=size // 2)
             return self._abort()
+        if kind == "gzipwav":
+            return self._reply(200, gzip_wav(size), ctype, headers={"Content-Encoding": "gzip"})
+        if kind == "extra":  # then an unrequested response on the same connection
+            self._stream(size, ctype, pieces())
+            time.sleep(EXTRA_DELAY)
+            self._stream(size + 1, ctype, wav_pieces(size + 1))
+            self._note = f" (+ unrequested response of {size + 1} bytes)"
+            with self.server.state.lock:
+                self.server.state.extra_sent += 1
+            return None
         self._stream(size, ctype, pieces(), chunked=(kind == "chunked"))
 
 # ---------------------------------------------------------------- startup

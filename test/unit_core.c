@@ -10,6 +10,7 @@
 #include "../src/cms_classify.h"
 #include "../src/cms_request.h"
 #include "../src/cms_sign.h"
+#include "../src/cms_text.h"
 #include "../src/cms_sink.h"
 #include "../src/cms_transfer.h"
 #include "../src/cms_url.h"
@@ -339,6 +340,30 @@ static void test_excerpt(void)
     ok_str(out, "abcdefghijklm", "a cut never leaves half a UTF-8 sequence");
     cms_excerpt("\xFF\xFE\x00\x01", 4, out, sizeof out);
     ok_str(out, "(binary)", "binary is not shown");
+    cms_excerpt("bad \xC2\x9B" "31m", 9, out, sizeof out);
+    ok_str(out, "bad ?31m", "excerpt masks C1 controls (U+009B is the terminal's CSI)");
+    cms_excerpt("\xB4\xED" " GBK text", 11, out, sizeof out);
+    ok_str(out, "?? GBK text", "excerpt shows text with a few bytes not UTF-8");
+}
+
+static void test_text(void)
+{
+    char buf[64];
+    unsigned long cp = 0;
+
+    ok(cms_utf8_char("\xC2\x9B", 2, &cp) == 2 && cp == 0x9B, "utf8_char decodes U+009B");
+    ok(cms_utf8_char("\xC0\xAF", 2, &cp) == 0 && cms_utf8_char("\xED\xA0\x80", 3, &cp) == 0 &&
+           cms_utf8_char("\xE4\xB8", 2, &cp) == 0,
+       "utf8_char refuses overlong forms, surrogates and cut sequences");
+    ok(cms_text_printable("r\xC3\xA9" "c_1.wav", 10) && !cms_text_printable("a\xC2\x9B" "b", 4) &&
+           !cms_text_printable("a\x1B", 2) && !cms_text_printable("\xB4\xED", 2),
+       "printable: UTF-8 yes; C1, ESC and GBK bytes no");
+    snprintf(buf, sizeof buf, "%s", "a\xC2\x9B" "31m\x1B[2J\xB4\xED\x7F\xE4\xB8\xAD");
+    ok(cms_text_clean(buf) == 5, "clean counts what it replaced");
+    ok_str(buf, "a?31m?[2J???\xE4\xB8\xAD", "clean: C1, ESC, DEL and bad bytes as '?'");
+    ok(!cms_zip_name_safe("a\xC2\x9B" "31mb") && !cms_zip_name_safe("\xB4\xED.wav") &&
+           cms_zip_name_safe("r\xC3\xA9" "c.wav"),
+       "ZIP names: no C1 controls, valid UTF-8");
 }
 
 int main(void)
@@ -354,6 +379,7 @@ int main(void)
     test_mem_sink();
     test_url();
     test_excerpt();
+    test_text();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,29 @@
+/*
+ * cms_text: server text made safe for terminals, logs and JSON output.
+ *
+ * Whatever a CMS or a gateway sends (resultDesc, error pages, ZIP member
+ * names) ends up in messages printed on a terminal or encoded as JSON. Such
+ * text must be valid UTF-8 (a GBK resultDesc is not) and hold no control
+ * characters: neither C0 and DEL nor C1 (U+0080-U+009F: U+009B is the
+ * terminal's CSI, as dangerous as ESC).
+ */
+#ifndef CMS_TEXT_H
+#define CMS_TEXT_H
+
+#include <stddef.h>
+
+/* Length of the valid UTF-8 character at `p` (`n` bytes left), 0 if invalid;
+   its code point in *cp. Overlong forms and surrogates are invalid. */
+size_t cms_utf8_char(const char *p, size_t n, unsigned long *cp);
+
+/* 1 for C0 controls, DEL and C1 controls. */
+int cms_is_control(unsigned long cp);
+
+/* 1 if `s` (n bytes) is valid UTF-8 without control characters. */
+int cms_text_printable(const char *s, size_t n);
+
+/* In place: every invalid byte and every control character becomes '?'.
+   The result is never longer; returns how many were replaced. */
+size_t cms_text_clean(char *s);
+
+#endif
