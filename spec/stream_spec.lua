@@ -116,7 +116,7 @@ describe("client:download_file", function()
     if H.under_asan() then
       -- the sanitizer build uses a named temporary file (no O_TMPFILE): a killed
       -- process leaves that hidden file, as the README says, and nothing else
-      assert.matches("^%.cmsrec%-%w%w%w%w%w%w$", H.ls(dir))
+      assert.matches("^%.cmsrec%-%x%x%x%x%x%x%x%x%x%x%x%x$", H.ls(dir))
     else
       assert.equal("", H.ls(dir)) -- the unnamed temporary file died with the process
     end

@@ -34,6 +34,25 @@ local function workload()
   c:download_file({ callID = "html" }, dir)
   c:download_file({ callID = "wsjson" }, nil, { sink = function() end })
   c:download({ callID = "slowheaders-1" }, { on_progress = function() return false end })
+  -- review defects: devices, links, a directory in the way, stray and encoded answers,
+  -- cancelling an unpack, names with controls, a file and a directory of one name
+  c:download_file({ callID = "wav-20000" }, "/dev/null")
+  os.execute("ln -sf missing " .. dir .. "/dangling; mkdir -p " .. dir .. "/wav-3000.wav " .. dir .. "/big")
+  c:download_file({ callID = "wav-20000" }, dir .. "/dangling")
+  c:download_file({ callID = "wav-3000" }, dir)
+  c:download{ callID = "extra-2000" }
+  c:download{ callID = "gzipjson" }
+  c:download{ callID = "gzipwav-3000" }
+  c:download{ callID = "gbkdesc" }
+  c:download{ callID = "http09" }
+  c:download{ callID = "bigheader" }
+  c:download{ callID = "slowjson-0.5" }
+  c:download_file({ callID = "zipbig-64" }, dir .. "/big", { unzip = true,
+    on_progress = function(r, t) return r ~= t end })
+  c:download_file({ callID = "zipbad-c1name" }, dir, { unzip = true })
+  c:download_file({ callID = "zipbad-filedir" }, dir, { unzip = true })
+  cmsrec.unzip((c:download{ callID = "zipbad-declared" }))
+  pcall(c.download_file, c, { callID = "wav-100" }, dir .. "/a\0b")
   local data = c:download{ callID = "zip-2" }
   cmsrec.unzip(data)
   cmsrec.unzip(data, dir .. "/unz")
