@@ -189,7 +189,7 @@ static int raw_field(lua_State *L, int idx, const char *key)
 static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
-    "authorization", "allow_http", "max_size", "stall_timeout",
+    "authorization", "allow_http", "max_size", "stall_timeout", "reuse",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -469,6 +469,10 @@ static int l_new(lua_State *L)
 
     c->tc.allow_http = opt_boolean(L, 1, "cmsrec.new", "allow_http");
     c->tc.insecure = opt_boolean(L, 1, "cmsrec.new", "insecure");
+    raw_field(L, 1, "reuse"); /* default true: only an explicit false turns it off */
+    c->tc.no_reuse = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    opt_boolean(L, 1, "cmsrec.new", "reuse"); /* raises for a non-boolean */
     c->tc.timeout_ms = opt_seconds(L, 1, "cmsrec.new", "timeout");
     c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
     c->tc.stall_timeout_s = config_stall_timeout(L, 1);
@@ -981,9 +985,13 @@ static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
     scratch *s = d->s;
     cms_file_sink *f = &s->file;
 
-    if (d->plan->on_progress && d->reported != s->resp.bytes) {
-        cms_error ignored; /* the download is complete: a late "cancel" is moot */
-        lua_progress(d, s->resp.bytes, s->resp.total, &ignored);
+    /* the final report may still cancel (Ctrl-C lands where it lands): nothing
+       has been committed, unpacked or returned yet */
+    if (d->plan->on_progress && d->reported != s->resp.bytes &&
+        lua_progress(d, s->resp.bytes, s->resp.total, err) != 0) {
+        if (err->kind == CMS_OK)
+            cms_error_set(err, CMS_E_CANCELLED, "the download was cancelled");
+        return -1;
     }
     if (d->plan->sink)
         return cms_sha256_final_hex(&s->sha, sha_hex) == 0
@@ -1037,7 +1045,7 @@ static void push_info(lua_State *L, const cms_response *r)
     lua_createtable(L, 0, 8);
     set_int_field(L, "status", r->status);
     set_int_field(L, "bytes", (lua_Integer)r->bytes);
-    set_str_field(L, "content_type", r->content_type);
+    set_text_field(L, "content_type", r->content_type);
     set_str_field(L, "format", cms_format_name(r->format));
     lua_pushnumber(L, r->elapsed);
     lua_setfield(L, -2, "elapsed");

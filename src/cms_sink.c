@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,67 @@ static int check_replaceable(const char *path, cms_error *err)
                          path, type_name(st.st_mode));
 }
 
+/* N for "/dev/fd/N" and "/proc/self/fd/N", else -1. */
+static int fd_name(const char *p)
+{
+    const char *q = strncmp(p, "/dev/fd/", 8) == 0 ? p + 8
+                  : strncmp(p, "/proc/self/fd/", 14) == 0 ? p + 14 : NULL;
+    long n = 0;
+
+    if (!q || !*q)
+        return -1;
+    for (; *q >= '0' && *q <= '9' && n < 1000000; q++)
+        n = n * 10 + (*q - '0');
+    return *q ? -1 : (int)n;
+}
+
+/*
+ * The open descriptor `path` stands for: /dev/fd/N, /proc/self/fd/N, or a
+ * link leading to one (/dev/stdout, /dev/stderr), followed as text so that
+ * it works without /proc. -1 for any other path.
+ */
+static int fd_alias(const char *path)
+{
+    char cur[PATH_MAX], next[PATH_MAX];
+    int hops;
+
+    if (strlen(path) >= sizeof cur)
+        return -1;
+    strcpy(cur, path);
+    for (hops = 0; hops < 40; hops++) {
+        int n = fd_name(cur);
+        ssize_t len;
+        char *slash;
+        if (n >= 0)
+            return n;
+        len = readlink(cur, next, sizeof next - 1);
+        if (len < 0)
+            return -1;
+        next[len] = '\0';
+        slash = strrchr(cur, '/');
+        if (next[0] == '/' || !slash)
+            slash = cur - 1; /* absolute, or relative to the current directory */
+        if ((size_t)(slash + 1 - cur) + (size_t)len >= sizeof cur)
+            return -1;
+        strcpy(slash + 1, next);
+    }
+    return -1;
+}
+
+/* Write into descriptor `n` itself (a dup): its offset and O_APPEND hold, so
+   "script >> log" appends, and nothing is reopened or replaced. */
+static int open_alias(cms_file_sink *f, int n, cms_error *err)
+{
+    int flags = fcntl(n, F_GETFL);
+
+    if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY)
+        return cms_error_set(err, CMS_E_IO, "'%s' is descriptor %d, which is %s", f->path, n,
+                             flags < 0 ? "not open" : "open for reading only");
+    f->fd = fcntl(n, F_DUPFD_CLOEXEC, 0);
+    f->direct = 1;
+    return f->fd >= 0 ? 0 : io_error(err, "opening", f->path, errno);
+}
+
 static int set_dir_of(cms_file_sink *f, const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -154,14 +216,21 @@ static int set_dir_of(cms_file_sink *f, const char *path)
  * A named destination. A regular file (or nothing) there: a temporary file
  * beside it, renamed over it at the end. A symbolic link is followed: to a
  * regular file, that file is replaced; to nothing, refused. A character
- * device, FIFO or socket (/dev/null, a named pipe, /dev/stdout on a pipe) is
- * written into as the bytes come, like curl does: it is never replaced.
+ * device or FIFO (/dev/null, a named pipe) is written into as the bytes
+ * come, like curl does, and so is an open descriptor named as a path
+ * (/dev/stdout, /dev/fd/3): they are never replaced.
  */
 static int named_destination(cms_file_sink *f, const char *path, cms_error *err)
 {
     struct stat st, lst;
     int linked = lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode);
+    int alias = fd_alias(path);
 
+    if (alias >= 0) {
+        if (!(f->path = strdup(path)) || set_dir_of(f, path) != 0)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+        return open_alias(f, alias, err);
+    }
     if (stat(path, &st) != 0) {
         if (errno != ENOENT)
             return io_error(err, "checking", path, errno);
@@ -169,7 +238,7 @@ static int named_destination(cms_file_sink *f, const char *path, cms_error *err)
             return cms_error_set(err, CMS_E_IO, "'%s' is a symbolic link to a missing "
                                  "file: not followed, not replaced", path);
         f->path = strdup(path);
-    } else if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+    } else if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode)) {
         f->direct = 1;
         f->path = strdup(path);
     } else if (!S_ISREG(st.st_mode)) {
@@ -246,7 +315,9 @@ int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
         return -1;
     if (cms_sha256_init(&f->sha) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    return f->direct ? open_direct(f, err) : open_temp(f, err);
+    if (f->direct)
+        return f->fd >= 0 ? 0 : open_direct(f, err);
+    return open_temp(f, err);
 }
 
 /* The destination path, in directory mode named from the callID and the format. */

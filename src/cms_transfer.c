@@ -294,6 +294,10 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
     SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
     SET(CURLOPT_FOLLOWLOCATION, 0L);
+    if (cfg->no_reuse) {
+        SET(CURLOPT_FRESH_CONNECT, 1L);
+        SET(CURLOPT_FORBID_REUSE, 1L);
+    }
     /* ask for the bytes as they are, but decode a body a gateway encoded anyway,
        so a gzipped JSON error is seen as JSON and never saved as a recording */
     SET(CURLOPT_ACCEPT_ENCODING, "identity");

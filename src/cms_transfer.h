@@ -36,6 +36,7 @@ typedef struct cms_transfer_config {
     const char *user_agent;
     int insecure;
     int allow_http;
+    int no_reuse;             /* a new connection for every request */
     long timeout_ms;          /* whole transfer, 0 = none */
     long connect_timeout_ms;  /* 0 = libcurl's default */
     long stall_timeout_s;     /* give up when no byte came for this long, 0 = never */
