@@ -278,7 +278,7 @@ describe("review defects", function()
     end)
   end)
 
-  it("#6 an unrequested answer on a kept-alive connection is never the next call's", function()
+  it("#6 an unrequested answer that arrived while idle is never the next call's", function()
     local c = H.client()
     mock.reset()
     local first = c:download{ callID = "extra-5000" }
