@@ -26,7 +26,7 @@ local function is_empty(path) -- true also when missing
   return first == nil
 end
 
-local client <close> = cmsrec.new{
+local client = cmsrec.new{
   base_url = os.getenv("CMSREC_URL") or error("set CMSREC_URL"),
   cafile = os.getenv("CMSREC_CAFILE"),
   timeout = 600, -- a one-hour recording is about 29 MB
@@ -77,5 +77,6 @@ for line in io.lines() do
     end
   end
 end
+client:close()
 io.stderr:write(("%d saved, %d already there, %d failed\n"):format(saved, skipped, failed))
 os.exit(failed == 0)
