@@ -13,11 +13,14 @@
  * Memory that C owns during a download lives in a scratch userdata whose
  * __gc frees it, so a Lua error raised midway (out of memory) leaks nothing.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -42,14 +45,18 @@
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
+#define READER_MT "cmsrec.reader"
 #define CJSON_UPVALUE lua_upvalueindex(1)
 
 /* ===== CLIENT ===== */
 
 enum { SIGN_CONTENT_LENGTH = 1, SIGN_CONTENT_TYPE = 2, SIGN_HOST = 4 };
+enum { BUSY_NOT, BUSY_CALL, BUSY_READER }; /* idle; in a call; a reader holds the handle */
 
 typedef struct client {
     CURL *curl;
+    CURLM *multi;       /* readers drive `curl` on it; made when first needed */
+    struct reader *reader; /* the open reader holding `curl`, or NULL */
     char *url;          /* scheme://authority/path, what is requested */
     char *path;         /* the path exactly as sent and signed */
     char *host;         /* the Host header, the authority as written */
@@ -60,7 +67,7 @@ typedef struct client {
     long long max_size; /* in-memory downloads */
     int signed_headers; /* SIGN_* flags */
     int has_authorization;
-    int busy;           /* a download is running: callbacks must not close or reuse it */
+    int busy;           /* BUSY_*: callbacks must not close or reuse it */
     int closed;
 } client;
 
@@ -70,8 +77,16 @@ static void free_str(char **p)
     *p = NULL;
 }
 
+static void reader_abandon(struct reader *r);
+
 static void client_release(client *c)
 {
+    if (c->busy == BUSY_READER)
+        reader_abandon(c->reader); /* the reader keeps its error, the handle is freed */
+    if (c->multi) {
+        curl_multi_cleanup(c->multi);
+        c->multi = NULL;
+    }
     if (c->curl)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
@@ -97,6 +112,8 @@ static client *check_client(lua_State *L, int idx)
     client *c = luaL_checkudata(L, idx, CLIENT_MT);
     if (c->closed)
         luaL_error(L, "attempt to use a closed cmsrec client");
+    if (c->busy == BUSY_READER)
+        reader_abandon(c->reader); /* the client's next request ends an open reader */
     if (c->busy)
         luaL_error(L, "cmsrec client is busy: a callback cannot start another download "
                       "on the client that called it");
@@ -504,6 +521,8 @@ static int l_new(lua_State *L)
 static int l_close(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (c->busy == BUSY_READER)
+        reader_abandon(c->reader);
     if (c->busy)
         luaL_error(L, "cmsrec client is busy: a callback cannot close the client "
                       "that called it");
@@ -828,6 +847,7 @@ typedef struct dl_plan {
     int sink;           /* opts.sink */
     int on_progress;    /* opts.on_progress */
     int unzip;
+    int true_first;     /* download with a sink: true, info */
     long long max_size; /* 0 = none */
 } dl_plan;
 
@@ -836,6 +856,7 @@ typedef struct dl_ctx {
     const dl_plan *plan;
     scratch *s;
     long long reported; /* last `received` given to on_progress, -1 before */
+    int made_dir;       /* unzip made the directory: removed again on failure */
 } dl_ctx;
 
 /* sink(chunk) under lua_pcall: making the chunk string may raise (out of
@@ -851,7 +872,7 @@ static int call_sink(lua_State *L)
     return 2;
 }
 
-/* opts.sink(chunk): nil, msg or false aborts with kind io. */
+/* opts.sink(chunk): as in LTN12, anything but a true value aborts (kind io). */
 static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
 {
     dl_ctx *d = ud;
@@ -870,11 +891,12 @@ static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
         lua_pop(L, 1);
         return -1;
     }
-    failed = lua_type(L, -2) == LUA_TBOOLEAN ? !lua_toboolean(L, -2)
-                                              : lua_isnil(L, -2) && !lua_isnil(L, -1);
+    failed = !lua_toboolean(L, -2);
     if (failed)
         cms_error_set(err, CMS_E_IO, "the sink failed: %s",
-                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "it returned false");
+                      lua_isstring(L, -1) ? lua_tostring(L, -1)
+                      : lua_isnil(L, -2) ? "it returned nothing (a sink returns 1 to go on)"
+                                         : "it returned false");
     lua_pop(L, 2);
     return failed ? -1 : 0;
 }
@@ -904,14 +926,14 @@ static int lua_progress(void *ud, long long received, long long total, cms_error
     return cancel;
 }
 
-/* Validate, build the body, sign: everything before the network. */
-static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
-                           const char **call_id, cms_error *err)
+/* Validate, build the body, sign. The Authorization value is left in *auth
+   (on the stack, or in s->sig), the body's length in clen. */
+static int sign_new_request(lua_State *L, client *c, scratch *s, int req_idx,
+                            const char **call_id, char clen[32], const char **auth,
+                            cms_error *err)
 {
     cms_request req;
     char num[CMS_F__COUNT][32];
-    char clen[32];
-    const char *auth;
     escape_ctx esc;
 
     esc.L = L;
@@ -923,16 +945,43 @@ static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
     /* a copy on the stack: callbacks below may change the request table */
     lua_pushlstring(L, req.value[CMS_F_CALLID], req.len[CMS_F_CALLID]);
     *call_id = lua_tostring(L, -1);
-    snprintf(clen, sizeof clen, "%zu", s->body.len);
-    if (c->has_authorization) {
-        if (call_authorization(L, 1, c, s, clen, &auth, err) != 0)
-            return -1;
-    } else {
-        if (sign_request(c, s, clen, err) != 0)
-            return -1;
-        auth = s->sig.authorization.data;
+    snprintf(clen, 32, "%zu", s->body.len);
+    if (c->has_authorization)
+        return call_authorization(L, 1, c, s, clen, auth, err);
+    if (sign_request(c, s, clen, err) != 0)
+        return -1;
+    *auth = s->sig.authorization.data;
+    return 0;
+}
+
+/* Validate, build the body, sign: everything before the network. */
+static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
+                           const char **call_id, cms_error *err)
+{
+    char clen[32];
+    const char *auth;
+
+    return sign_new_request(L, c, s, req_idx, call_id, clen, &auth, err) != 0 ||
+                   build_headers(s, c, auth, err) != 0 ? -1 : 0;
+}
+
+/* unzip = true: a directory, made if missing (its parent must exist), as
+   cmsrec.unzip does; one made here is removed again if the download fails. */
+static int unzip_directory(dl_ctx *d, cms_error *err)
+{
+    const char *dir = d->plan->path;
+    struct stat st;
+    int e;
+
+    if (mkdir(dir, 0777) == 0) {
+        d->made_dir = 1;
+        return 0;
     }
-    return build_headers(s, c, auth, err);
+    e = errno;
+    if (e == EEXIST && stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    return cms_error_set(err, CMS_E_IO, "cannot unzip into '%.200s': %s", dir,
+                         e == EEXIST ? "not a directory" : strerror(e));
 }
 
 /* Open the destination before anything is sent: a bad path costs no request. */
@@ -949,10 +998,8 @@ static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
         io->progress_ud = d;
     }
     if (p->path) {
-        struct stat st;
-        if (p->unzip && (stat(p->path, &st) != 0 || !S_ISDIR(st.st_mode)))
-            return cms_error_set(err, CMS_E_IO, "unzip = true needs an existing directory, "
-                                 "and '%.200s' is not one", p->path);
+        if (p->unzip && unzip_directory(d, err) != 0)
+            return -1;
         if (cms_file_sink_open(&s->file, p->path, call_id, err) != 0)
             return -1;
         s->file.unzip = p->unzip;
@@ -1069,7 +1116,7 @@ static void push_zip_list(lua_State *L, const cms_zip_list *l, int with_data)
     }
 }
 
-static const char *const download_opts[] = {"max_size", "on_progress"};
+static const char *const download_opts[] = {"max_size", "on_progress", "sink"};
 static const char *const file_opts[] = {"max_size", "on_progress", "sink", "unzip"};
 
 /* Read the opts table at `idx` (may be none or nil) into `p`. */
@@ -1080,12 +1127,43 @@ static void read_opts(lua_State *L, int idx, const char *what, const char *const
         return;
     luaL_checktype(L, idx, LUA_TTABLE);
     check_keys(L, idx, what, keys, nkeys);
+    /* check_keys refused what `keys` does not list: the rest reads as absent */
     p->max_size = opt_size(L, idx, what, "max_size");
     p->on_progress = opt_function(L, idx, what, "on_progress");
-    if (nkeys > 2) {
-        p->sink = opt_function(L, idx, what, "sink");
-        p->unzip = opt_boolean(L, idx, what, "unzip");
+    p->sink = opt_function(L, idx, what, "sink");
+    p->unzip = opt_boolean(L, idx, what, "unzip");
+}
+
+/*
+ * The LTN12 end of a sink, once per download: sink(nil) after the last chunk
+ * (ltn12.sink.file closes its file then), sink(nil, message) after a failure.
+ * Returns the download's outcome, a failure if the final call fails.
+ */
+static int end_sink(lua_State *L, int sink, int rc, cms_error *err)
+{
+    int n = 1;
+
+    lua_pushvalue(L, sink);
+    lua_pushnil(L);
+    if (rc != 0) {
+        lua_pushstring(L, err->message);
+        n++;
     }
+    if (lua_pcall(L, n, 2, 0) != 0) {
+        if (rc == 0)
+            cms_error_set(err, CMS_E_IO, "the sink failed at the end: %s",
+                          lua_isstring(L, -1) ? lua_tostring(L, -1) : "(not a string)");
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (rc == 0 && !lua_toboolean(L, -2)) {
+        cms_error_set(err, CMS_E_IO, "the sink failed at the end: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1)
+                                          : "it returned nothing (a sink returns 1)");
+        rc = -1;
+    }
+    lua_pop(L, 2);
+    return rc;
 }
 
 /* Run the download described by `p`; the scratch is at `sidx`. */
@@ -1101,16 +1179,23 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     d.plan = p;
     d.s = s;
     d.reported = -1;
+    d.made_dir = 0;
     cms_error_clear(&err);
-    c->busy = 1; /* Lua callbacks run inside: authorization, sink, on_progress */
+    c->busy = BUSY_CALL; /* Lua callbacks run inside: authorization, sink, on_progress */
     rc = download_steps(L, c, &d, sha_hex, &err);
-    c->busy = 0;
+    if (p->sink)
+        rc = end_sink(L, p->sink, rc, &err);
+    c->busy = BUSY_NOT;
     if (rc != 0) {
         scratch_release(L, sidx);
+        if (d.made_dir)
+            rmdir(p->path); /* empty again: the temporary archive is gone */
         return push_error(L, &err);
     }
     base = lua_gettop(L);
-    if (!p->path && !p->sink)
+    if (p->true_first)
+        lua_pushboolean(L, 1);
+    else if (!p->path && !p->sink)
         lua_pushlstring(L, s->mem.buf.data ? s->mem.buf.data : "", s->mem.buf.len);
     push_info(L, &s->resp);
     if (*sha_hex)
@@ -1149,15 +1234,16 @@ static client *begin_download(lua_State *L, int nargs, dl_plan *p)
     return c;
 }
 
-/* client:download(req[, opts]) -> data, info | nil, err */
+/* client:download(req[, opts]) -> data, info | true, info (opts.sink) | nil, err */
 static int l_download(lua_State *L)
 {
     dl_plan p;
     client *c = begin_download(L, 3, &p);
 
-    read_opts(L, 3, "client:download", download_opts, 2, &p);
-    if (!p.max_size)
-        p.max_size = c->max_size;
+    read_opts(L, 3, "client:download", download_opts, 3, &p);
+    p.true_first = p.sink != 0;
+    if (!p.max_size && !p.sink)
+        p.max_size = c->max_size; /* a limit of memory: a sink is the caller's business */
     new_scratch(L);
     return run_download(L, c, &p, lua_gettop(L));
 }
@@ -1244,6 +1330,391 @@ static int l_download_once(lua_State *L)
     if (rc != 0)
         lua_error(L); /* after closing: the error message is on top again */
     return 2;
+}
+
+
+
+/* ===== READER: the recording pulled chunk by chunk ===== */
+
+enum { READ_RUNNING, READ_DONE, READ_FAILED, READ_CLOSED };
+
+/*
+ * A download the caller drives: each call runs libcurl (on the client's
+ * multi handle) until some bytes of the recording arrived, and returns them.
+ * The reader holds the client's easy handle until it ends or is closed; the
+ * client, the scratch and on_progress are in its uservalue.
+ */
+typedef struct reader {
+    client *c;
+    scratch *s;
+    dl_plan plan;
+    dl_ctx d;
+    cms_transfer t;
+    cms_transfer_io io;
+    cms_buf queue;      /* what arrived and was not returned yet */
+    cms_error err;
+    char sha_hex[65];
+    int state;          /* READ_* */
+    int raise;          /* client:chunks(): failures raise the error table */
+    int reading;        /* inside a call: on_progress must not read again */
+} reader;
+
+static int reader_write(void *ud, const char *p, size_t n, cms_error *err)
+{
+    reader *r = ud;
+
+    if (cms_sha256_update(&r->s->sha, p, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (cms_buf_append(&r->queue, p, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory while receiving the recording");
+    return 0;
+}
+
+/* Give the easy handle back to the client; safe to run twice. */
+static void reader_detach(reader *r, int state)
+{
+    if (r->state == READ_RUNNING && !r->c->closed) {
+        curl_multi_remove_handle(r->c->multi, r->c->curl); /* aborts an unfinished transfer */
+        curl_easy_setopt(r->c->curl, CURLOPT_ERRORBUFFER, NULL); /* it is in r->t */
+        r->c->busy = BUSY_NOT;
+        r->c->reader = NULL;
+    }
+    if (r->state == READ_RUNNING || state == READ_CLOSED)
+        r->state = state;
+}
+
+/* The client is asked for another request while this reader is open: from
+   inside the reader's own on_progress that is misuse (the client stays
+   busy and check_client raises); otherwise the reader ends, failed. */
+static void reader_abandon(reader *r)
+{
+    if (r->reading)
+        return;
+    cms_error_set(&r->err, CMS_E_CANCELLED, "the reader was ended: its client was asked "
+                  "for another request before the recording was read to the end");
+    reader_detach(r, READ_FAILED);
+}
+
+static int reader_close(lua_State *L)
+{
+    reader *r = luaL_checkudata(L, 1, READER_MT);
+
+    if (r->reading)
+        luaL_error(L, "cmsrec reader: on_progress cannot close the reader that called it");
+    reader_detach(r, READ_CLOSED);
+    cms_buf_free(&r->queue);
+    return 0;
+}
+
+static int reader_gc(lua_State *L)
+{
+    reader *r = luaL_checkudata(L, 1, READER_MT);
+
+    reader_detach(r, READ_CLOSED);
+    cms_buf_free(&r->queue);
+    return 0;
+}
+
+/* libcurl ended the transfer: the outcome, and what an error answer says. */
+static void reader_complete(lua_State *L, reader *r, CURLcode code)
+{
+    scratch *s = r->s;
+    int rc = cms_transfer_finish(&r->t, code);
+
+    if (rc == 0 && !s->resp.sunk)
+        rc = classify_answer(L, CJSON_UPVALUE, &s->resp, &r->err);
+    if (rc == 0 && cms_sha256_final_hex(&s->sha, r->sha_hex) != 0)
+        rc = cms_error_set(&r->err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    reader_detach(r, rc == 0 ? READ_DONE : READ_FAILED);
+}
+
+/* Run libcurl until bytes are queued or the transfer ended. */
+static void reader_pump(lua_State *L, reader *r)
+{
+    CURLM *m = r->c->multi;
+    int running = 1, left;
+    CURLMsg *msg;
+    CURLMcode mc = CURLM_OK;
+
+    while (r->queue.len == 0 && mc == CURLM_OK) {
+        mc = curl_multi_perform(m, &running);
+        if (r->queue.len || mc != CURLM_OK)
+            break;
+        while ((msg = curl_multi_info_read(m, &left)) != NULL)
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->c->curl) {
+                reader_complete(L, r, msg->data.result);
+                return;
+            }
+        if (running)
+            mc = curl_multi_poll(m, NULL, 0, CMS_PROGRESS_INTERVAL_MS, NULL);
+    }
+    if (mc != CURLM_OK) {
+        cms_error_set(&r->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
+                      "libcurl failed: %s", curl_multi_strerror(mc));
+        reader_detach(r, READ_FAILED);
+    }
+}
+
+/* reader() / reader:read() -> chunk | nil (the end) | nil, err */
+static int reader_read(lua_State *L)
+{
+    reader *r = luaL_checkudata(L, 1, READER_MT);
+
+    lua_settop(L, 1); /* as a generic-for iterator it also gets (nil, chunk) */
+    if (r->reading)
+        luaL_error(L, "cmsrec reader: on_progress cannot read the reader that called it");
+    if (r->state == READ_RUNNING && r->queue.len == 0) {
+        lua_getuservalue(L, 1);              /* 2 */
+        lua_getfield(L, 2, "on_progress");  /* 3: where lua_progress finds it */
+        r->plan.on_progress = 3;
+        r->d.L = L;                          /* this call's thread: a coroutine may differ */
+        r->reading = 1;
+        reader_pump(L, r);
+        r->reading = 0;
+        lua_settop(L, 1);
+    }
+    if (r->queue.len) {
+        lua_pushlstring(L, r->queue.data, r->queue.len);
+        r->queue.len = 0;
+        return 1;
+    }
+    if (r->state != READ_FAILED) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_error(L, &r->err);
+    if (r->raise)
+        lua_error(L);
+    return 2;
+}
+
+/* reader:info() -> info once the answer started (format, bytes so far), else nil */
+static int reader_info(lua_State *L)
+{
+    reader *r = luaL_checkudata(L, 1, READER_MT);
+
+    if (!r->s || (!r->s->resp.sunk && r->state != READ_DONE)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_info(L, &r->s->resp);
+    if (r->state == READ_DONE)
+        set_str_field(L, "sha256", r->sha_hex);
+    return 1;
+}
+
+static const char *const reader_opts[] = {"max_size", "on_progress"};
+
+/* Validate, sign and start: failures here are returned (or raised) at once. */
+static int reader_start(lua_State *L, reader *r)
+{
+    client *c = r->c;
+    scratch *s = r->s;
+    const char *call_id;
+
+    if (prepare_request(L, c, s, 2, &call_id, &r->err) != 0)
+        return -1;
+    if (cms_sha256_init(&s->sha) != 0)
+        return cms_error_set(&r->err, CMS_E_NOMEM, "out of memory");
+    r->io.max_size = r->plan.max_size;
+    r->io.sink.write = reader_write;
+    r->io.sink.ud = r;
+    if (r->plan.on_progress) {
+        r->io.progress = lua_progress;
+        r->io.progress_ud = &r->d;
+    }
+    if (!c->multi && (c->multi = curl_multi_init()) == NULL)
+        return cms_error_set(&r->err, CMS_E_NOMEM, "out of memory");
+    if (cms_transfer_start(&r->t, c->curl, &c->tc, c->url, s->headers, s->body.data,
+                           s->body.len, &r->io, &s->resp, &r->err) != 0)
+        return -1;
+    if (curl_multi_add_handle(c->multi, c->curl) != CURLM_OK)
+        return cms_error_set(&r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+    return 0;
+}
+
+/* client:reader(req[, opts]) and client:chunks(req[, opts]) */
+static int open_reader(lua_State *L, const char *what, int raise)
+{
+    client *c = check_client(L, 1);
+    scratch *s;
+    reader *r;
+    int rc;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
+    lua_settop(L, 3);
+    s = new_scratch(L);                  /* 4: made first, so collected after the reader */
+    r = lua_newuserdata(L, sizeof *r);   /* 5 */
+    memset(r, 0, sizeof *r);
+    cms_buf_init(&r->queue);
+    r->state = READ_CLOSED;
+    r->c = c;
+    r->s = s;
+    r->raise = raise;
+    luaL_getmetatable(L, READER_MT);
+    lua_setmetatable(L, 5);
+    read_opts(L, 3, what, reader_opts, 2, &r->plan);
+    lua_createtable(L, 0, 3);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "client");
+    lua_pushvalue(L, 4);
+    lua_setfield(L, -2, "scratch");
+    if (r->plan.on_progress) {
+        lua_pushvalue(L, r->plan.on_progress);
+        lua_setfield(L, -2, "on_progress");
+    }
+    lua_setuservalue(L, 5);
+    r->plan.req = 2;
+    r->d.plan = &r->plan;
+    r->d.s = s;
+    r->d.reported = -1;
+    r->d.L = L;
+    cms_error_clear(&r->err);
+    c->busy = BUSY_CALL; /* the authorization function runs inside */
+    rc = reader_start(L, r);
+    c->busy = rc == 0 ? BUSY_READER : BUSY_NOT;
+    if (rc != 0) {
+        push_error(L, &r->err);
+        if (raise)
+            lua_error(L);
+        return 2;
+    }
+    r->state = READ_RUNNING;
+    c->reader = r;
+    lua_settop(L, 5);
+    return 1;
+}
+
+/* client:reader(req[, opts]) -> reader | nil, err */
+static int l_reader(lua_State *L)
+{
+    return open_reader(L, "client:reader", 0);
+}
+
+/* for chunk in client:chunks(req[, opts]) do ... end: failures raise */
+static int l_chunks(lua_State *L)
+{
+    return open_reader(L, "client:chunks", 1);
+}
+
+/* ===== PREPARE AND CLASSIFY: for callers that send the request themselves ===== */
+
+/* client:prepare(req) -> {method, url, headers, body} | nil, err */
+static int l_prepare(lua_State *L)
+{
+    client *c = check_client(L, 1);
+    const char *call_id, *auth;
+    char clen[32];
+    cms_error err;
+    scratch *s;
+    int rc;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= 2, 3, "found too many arguments");
+    lua_settop(L, 2);
+    s = new_scratch(L); /* 3 */
+    cms_error_clear(&err);
+    c->busy = BUSY_CALL; /* the authorization function runs inside */
+    rc = sign_new_request(L, c, s, 2, &call_id, clen, &auth, &err);
+    c->busy = BUSY_NOT;
+    if (rc != 0) {
+        scratch_release(L, 3);
+        return push_error(L, &err);
+    }
+    lua_createtable(L, 0, 4);
+    set_str_field(L, "method", "POST");
+    set_str_field(L, "url", c->url);
+    lua_createtable(L, 0, 5);
+    set_str_field(L, "Host", c->host);
+    set_str_field(L, "Content-Type", CMSREC_CONTENT_TYPE);
+    set_str_field(L, "Content-Length", clen);
+    set_str_field(L, "Authorization", auth);
+    set_str_field(L, "Accept-Encoding", "identity"); /* an encoded body cannot be sniffed */
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, s->body.data, s->body.len);
+    lua_setfield(L, -2, "body");
+    scratch_release(L, 3);
+    return 1;
+}
+
+/* Retry-After and Content-Encoding from a table of headers (any case). */
+static void read_answer_headers(lua_State *L, int idx, cms_response *r, int *encoded)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
+                            ? lua_tostring(L, -1) : NULL; /* in place: the key is a string */
+        if (v && strcasecmp(k, "retry-after") == 0 && *v >= '0' && *v <= '9' &&
+            strlen(v) < 10)
+            r->retry_after = strtol(v, NULL, 10);
+        else if (v && strcasecmp(k, "content-encoding") == 0 && *v &&
+                 strcasecmp(v, "identity") != 0)
+            *encoded = 1;
+        lua_pop(L, 1);
+    }
+}
+
+/* cmsrec.classify(status, headers, body[, eof]) -> format | nil | nil, err */
+static int l_classify(lua_State *L)
+{
+    lua_Integer status = luaL_checkinteger(L, 1);
+    size_t len;
+    const char *body = luaL_optlstring(L, 3, "", &len);
+    int eof = lua_toboolean(L, 4), encoded = 0;
+    cms_format fmt;
+    cms_error err;
+    scratch *s;
+
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= 4, 5, "found too many arguments");
+    lua_settop(L, 4);
+    s = new_scratch(L); /* 5 */
+    s->resp.status = (long)status;
+    if (!lua_isnil(L, 2))
+        read_answer_headers(L, 2, &s->resp, &encoded);
+    cms_error_clear(&err);
+    if (status / 100 == 2 && encoded) {
+        cms_error_set(&err, CMS_E_PROTOCOL, "the answer is encoded (Content-Encoding): "
+                      "send Accept-Encoding: identity");
+        err.status = (long)status;
+    } else if (status / 100 == 2) {
+        if (!eof && !cms_sniff_ready((const unsigned char *)body, len)) {
+            scratch_release(L, 5);
+            lua_pushnil(L); /* more bytes needed */
+            return 1;
+        }
+        fmt = cms_sniff((const unsigned char *)body, len);
+        if (len > 0 && fmt != CMS_FMT_JSON && fmt != CMS_FMT_TEXT) {
+            scratch_release(L, 5);
+            lua_pushstring(L, cms_format_name(fmt));
+            return 1;
+        }
+    }
+    if (err.kind == CMS_OK) {
+        s->resp.truncated = len > CMS_ERROR_BODY_MAX;
+        if (cms_buf_append(&s->resp.body, body, s->resp.truncated ? CMS_ERROR_BODY_MAX : len))
+            cms_error_set(&err, CMS_E_NOMEM, "out of memory");
+        else
+            classify_answer(L, CJSON_UPVALUE, &s->resp, &err);
+    }
+    scratch_release(L, 5);
+    return push_error(L, &err);
+}
+
+/* cmsrec.error(t) -> t: an error table that crossed a Lua state (a thread of
+   ngx.run_worker_thread copies tables without metatables) gets tostring back. */
+static int l_error(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "kind");
+    luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "an error table has a string 'kind'");
+    lua_settop(L, 1);
+    luaL_getmetatable(L, ERROR_MT);
+    lua_setmetatable(L, 1);
+    return 1;
 }
 
 /* ===== SIGN ===== */
@@ -1357,16 +1828,33 @@ int luaopen_cmsrec(lua_State *L)
     };
     static const luaL_Reg client_methods[] = {
         {"download", l_download},
+        {"prepare", l_prepare},
+        {"reader", l_reader},
+        {"chunks", l_chunks},
         {"download_file", l_download_file},
         {"close", l_close},
         {NULL, NULL},
     };
     static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
     static const luaL_Reg scratch_meta[] = {{"__gc", scratch_gc}, {NULL, NULL}};
+    static const luaL_Reg reader_meta[] = {
+        {"__gc", reader_gc},
+        {"__close", reader_close},
+        {"__call", reader_read},
+        {NULL, NULL},
+    };
+    static const luaL_Reg reader_methods[] = {
+        {"read", reader_read},
+        {"info", reader_info},
+        {"close", reader_close},
+        {NULL, NULL},
+    };
     static const luaL_Reg funcs[] = {
         {"new", l_new},
         {"sign", l_sign},
         {"unzip", l_unzip},
+        {"classify", l_classify},
+        {"error", l_error},
         {NULL, NULL},
     };
     int i;
@@ -1381,6 +1869,7 @@ int luaopen_cmsrec(lua_State *L)
 
     new_class(L, CLIENT_MT, client_meta, client_methods);
     new_class(L, SCRATCH_MT, scratch_meta, NULL);
+    new_class(L, READER_MT, reader_meta, reader_methods);
     luaL_newmetatable(L, ERROR_MT);
     luaL_setfuncs(L, error_meta, 0);
     lua_pop(L, 1);

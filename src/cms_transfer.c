@@ -45,19 +45,7 @@ void cms_response_free(cms_response *r)
 
 enum route { ROUTE_UNDECIDED, ROUTE_ANSWER, ROUTE_SINK };
 
-/* State shared by the callbacks of one transfer. */
-typedef struct transfer_ctx {
-    CURL *h;
-    const cms_transfer_io *io;
-    cms_response *resp;
-    cms_error *err;
-    enum route route;
-    int started;        /* first body byte seen: status known */
-    int limit_hit;      /* we stopped an oversized answer on purpose */
-    int failed;         /* the sink or progress set err and aborted */
-    int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
-    struct timespec last_progress;
-} transfer_ctx;
+typedef cms_transfer transfer_ctx; /* the state shared by the callbacks */
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
@@ -282,14 +270,14 @@ static int is_retryable_network(CURLcode rc)
 
 static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char *url,
                             struct curl_slist *headers, const char *body,
-                            size_t body_len, transfer_ctx *ctx, char *errbuf)
+                            size_t body_len, transfer_ctx *ctx)
 {
     const char *protocols = cfg->allow_http ? "http,https" : "https";
     CURLcode rc = CURLE_OK;
 
 #define SET(opt, val) \
     do { if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val); } while (0)
-    SET(CURLOPT_ERRORBUFFER, errbuf);
+    SET(CURLOPT_ERRORBUFFER, ctx->errbuf);
     SET(CURLOPT_URL, url);
     SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
     SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
@@ -417,36 +405,54 @@ static void drop_unclean_connection(CURL *h)
         shutdown(sock, SHUT_RDWR);
 }
 
+int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
+                       const char *url, struct curl_slist *headers, const char *body,
+                       size_t body_len, const cms_transfer_io *io, cms_response *resp,
+                       cms_error *err)
+{
+    CURLcode rc;
+
+    memset(t, 0, sizeof *t);
+    t->h = h;
+    t->io = io;
+    t->resp = resp;
+    t->err = err;
+    t->url = url;
+    /* last_progress stays zero: the first report comes as soon as the recording starts */
+    drop_unclean_connection(h);
+    curl_easy_reset(h);
+    rc = set_options(h, cfg, url, headers, body, body_len, t);
+    if (rc == CURLE_OK)
+        return 0;
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    return transport_error(h, rc, t->errbuf, url, err);
+}
+
+int cms_transfer_finish(cms_transfer *t, CURLcode rc)
+{
+    cms_response *resp = t->resp;
+
+    curl_easy_setopt(t->h, CURLOPT_ERRORBUFFER, NULL); /* t may not outlive the transfer */
+    curl_easy_getinfo(t->h, CURLINFO_TOTAL_TIME, &resp->elapsed);
+    if (!t->started)
+        curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &resp->status);
+    if (t->failed)
+        return -1;
+    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t->limit_hit))
+        return transport_error(t->h, rc, t->errbuf, t->url, t->err);
+    /* a body shorter than the sniffing window is decided at the end */
+    if (t->route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(t) != 0)
+        return -1;
+    return 0;
+}
+
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
                       struct curl_slist *headers, const char *body, size_t body_len,
                       const cms_transfer_io *io, cms_response *resp, cms_error *err)
 {
-    char errbuf[CURL_ERROR_SIZE];
-    transfer_ctx ctx;
-    CURLcode rc;
+    cms_transfer t;
 
-    memset(&ctx, 0, sizeof ctx);
-    ctx.h = h;
-    ctx.io = io;
-    ctx.resp = resp;
-    ctx.err = err;
-    /* last_progress stays zero: the first report comes as soon as the recording starts */
-    errbuf[0] = '\0';
-    drop_unclean_connection(h);
-    curl_easy_reset(h);
-    rc = set_options(h, cfg, url, headers, body, body_len, &ctx, errbuf);
-    if (rc == CURLE_OK)
-        rc = curl_easy_perform(h);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL); /* errbuf dies with this frame */
-    curl_easy_getinfo(h, CURLINFO_TOTAL_TIME, &resp->elapsed);
-    if (!ctx.started)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
-    if (ctx.failed)
+    if (cms_transfer_start(&t, h, cfg, url, headers, body, body_len, io, resp, err) != 0)
         return -1;
-    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && ctx.limit_hit))
-        return transport_error(h, rc, errbuf, url, err);
-    /* a body shorter than the sniffing window is decided at the end */
-    if (ctx.route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(&ctx) != 0)
-        return -1;
-    return 0;
+    return cms_transfer_finish(&t, curl_easy_perform(h));
 }

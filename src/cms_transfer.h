@@ -22,6 +22,7 @@
 #define CMS_TRANSFER_H
 
 #include <curl/curl.h>
+#include <time.h>
 
 #include "cms_buf.h"
 #include "cms_classify.h"
@@ -80,6 +81,28 @@ typedef struct cms_transfer_io {
     void *progress_ud;
 } cms_transfer_io;
 
+/*
+ * One transfer in progress, for callers that drive libcurl themselves (a
+ * multi handle): cms_transfer_start() sets the easy handle up, the caller
+ * runs it, cms_transfer_finish() reads the outcome. cms_transfer_post()
+ * is the two around curl_easy_perform(). The struct must not move while
+ * the transfer runs (libcurl holds pointers into it).
+ */
+typedef struct cms_transfer {
+    CURL *h;
+    const cms_transfer_io *io;
+    cms_response *resp;
+    cms_error *err;
+    const char *url;
+    int route;          /* enum route in cms_transfer.c */
+    int started;        /* first body byte seen: status known */
+    int limit_hit;      /* an oversized answer stopped on purpose */
+    int failed;         /* the sink or progress set err and aborted */
+    int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
+    struct timespec last_progress;
+    char errbuf[CURL_ERROR_SIZE];
+} cms_transfer;
+
 /* curl_global_init, once per process, thread-safe. Returns 0 or -1. */
 int cms_transfer_global_init(void);
 
@@ -95,6 +118,14 @@ void cms_response_free(cms_response *r);
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,
                       struct curl_slist *headers, const char *body, size_t body_len,
                       const cms_transfer_io *io, cms_response *resp, cms_error *err);
+
+/* Set `h` up for the POST (as cms_transfer_post); 0, or -1 with err set. */
+int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
+                       const char *url, struct curl_slist *headers, const char *body,
+                       size_t body_len, const cms_transfer_io *io, cms_response *resp,
+                       cms_error *err);
+/* The outcome of a started transfer that libcurl ended with `rc`. */
+int cms_transfer_finish(cms_transfer *t, CURLcode rc);
 
 /* Map a libcurl failure to an error kind (exposed for the unit tests). */
 cms_error_kind cms_curl_error_kind(CURLcode rc);
