@@ -2,9 +2,22 @@
 #   make demo    install missing packages, build, run the example against the mock CMS
 #   make check   install missing packages, build, run every test (ends with "N passed, N failed")
 #   make asan    the busted specs against an AddressSanitizer build (part of check)
+#   make matrix  build for every Lua and run the busted specs under each (part of check)
+#   make LUA=5.1|5.2|5.3|5.4|luajit   build build/<LUA>/cmsrec.so for that Lua (default 5.4)
 
-LUA        ?= lua5.4
-LUA_PC     ?= lua5.4
+LUAS       := 5.1 5.2 5.3 5.4 luajit
+LUA        ?= 5.4
+ifeq ($(filter $(LUA),$(LUAS)),)
+$(error LUA must be one of $(LUAS), not '$(LUA)')
+endif
+ifeq ($(LUA),luajit)
+LUA_BIN     = luajit
+LUA_PC      = luajit
+else
+LUA_BIN     = lua$(LUA)
+LUA_PC      = lua$(LUA)
+endif
+BUILD       = build/$(LUA)
 CC         ?= cc
 PKGS        = $(LUA_PC) libcurl openssl libzip
 CFLAGS     ?= -O2 -g
@@ -22,10 +35,14 @@ ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-s
 ASAN_MODULE_FLAGS = $(ASAN_FLAGS) -DCMS_NO_O_TMPFILE
 
 # Debian packages the build, the tests and the demo need.
-DEB_PACKAGES = make gcc pkg-config lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev \
-               libssl-dev libzip-dev luarocks lua-busted python3 openssl ca-certificates
+# Every Lua of the matrix (luajit2 is OpenResty's LuaJIT, the one the nginx
+# Lua module is built with), and nginx with that module for the OpenResty tests.
+DEB_PACKAGES = make gcc pkg-config lua-cjson libcurl4-openssl-dev libssl-dev libzip-dev \
+               luarocks lua-busted lua-socket python3 openssl ca-certificates curl \
+               lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
+               lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua
 
-.PHONY: all deps build demo check test asan bench clean
+.PHONY: all deps build demo check test asan matrix bench clean
 
 all: build
 
@@ -40,10 +57,10 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-build: build/cmsrec.so
+build: $(BUILD)/cmsrec.so
 
-build/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
-	@mkdir -p build
+build/%/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -shared $(DEPCFLAGS) -o $@ $(MODULE_SRC) $(DEPLIBS)
 
 build/asan/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
@@ -60,17 +77,22 @@ demo: deps
 	@sh examples/demo.sh
 
 check: deps
-	@$(MAKE) --no-print-directory build build/asan/cmsrec.so build/unit_core
+	@$(MAKE) --no-print-directory LUA=5.4 build/asan/cmsrec.so build/unit_core
+	@for v in $(LUAS); do $(MAKE) --no-print-directory LUA=$$v build || exit 1; done
 	@sh test/run-tests.sh
 
+matrix: deps
+	@for v in $(LUAS); do $(MAKE) --no-print-directory LUA=$$v build || exit 1; done
+	@SUITES="$(foreach v,$(LUAS),busted-$(v))" sh test/run-tests.sh
+
 asan: deps
-	@$(MAKE) --no-print-directory build/asan/cmsrec.so
+	@$(MAKE) --no-print-directory LUA=5.4 build/asan/cmsrec.so
 	@SUITES=asan sh test/run-tests.sh
 
 # Throughput and memory against the mock CMS; figures are recorded in BENCHMARKS.md.
 bench: deps
 	@$(MAKE) --no-print-directory build
-	@CMSREC_CPATH='build/?.so' $(LUA) bench/run.lua
+	@CMSREC_CPATH='$(BUILD)/?.so' $(LUA_BIN) bench/run.lua
 
 clean:
 	rm -rf build

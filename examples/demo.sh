@@ -23,7 +23,7 @@ done
 port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["https_port"])' "$work/mock/ready.json")
 echo "mock CMS on https://127.0.0.1:$port, with its own CA ($work/mock/ca.pem)"
 
-export LUA_CPATH="$top/build/?.so;;"
+export LUA_CPATH="$top/build/5.4/?.so;;"
 export CMSREC_URL="https://127.0.0.1:$port" CMSREC_AK=mock-ak CMSREC_SK=mock-sk-0123456789abcdef
 export CMSREC_CAFILE="$work/mock/ca.pem"
 mkdir "$work/out"

@@ -1,11 +1,11 @@
 -- Shared by the specs: loads the module under test and runs the mock CMS.
 --
--- CMSREC_CPATH picks the build to test (build/?.so by default, build/asan/?.so
+-- CMSREC_CPATH picks the build to test (build/5.4/?.so by default, build/asan/?.so
 -- for the AddressSanitizer run). mock.start() runs test/mock_cms.py on
 -- loopback with a fresh CA in a temporary directory; mock.stop() ends it.
 local cjson = require "cjson"
 
-package.cpath = (os.getenv("CMSREC_CPATH") or "build/?.so") .. ";" .. package.cpath
+package.cpath = (os.getenv("CMSREC_CPATH") or "build/5.4/?.so") .. ";" .. package.cpath
 
 local H = {}
 

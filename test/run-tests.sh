@@ -3,15 +3,19 @@
 #
 # Suites (SUITES to choose, default all):
 #   unit      C unit tests of src/ (ASan/UBSan build), no Lua, no network
-#   busted    the specs against build/cmsrec.so and the mock CMS
+#   busted    the specs against build/5.4/cmsrec.so and the mock CMS
+#   busted-V  the same under Lua V (5.1 5.2 5.3 5.4 luajit) against build/V/cmsrec.so
 #   asan      the same specs against build/asan/cmsrec.so under AddressSanitizer
 #   leak      LeakSanitizer: leaked bytes must not grow with the workload
-#   luarocks  `luarocks make --deps-mode=none` into a scratch tree, then a download
+#   luarocks  `luarocks make --deps-mode=none` into scratch trees (5.1, 5.4,
+#             LuaJIT), then a download and the installed command with each
+#   nginx     OpenResty examples in a real nginx in front of the mock CMS
 # Each suite prints TAP; a suite that dies without reporting counts as one failure.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-SUITES=${SUITES:-"unit busted asan leak luarocks"}
-LUA=${LUA:-lua5.4}
+SUITES=${SUITES:-"unit busted busted-5.1 busted-5.2 busted-5.3 busted-luajit asan leak luarocks nginx"}
+# The interpreter of the busted and asan suites (the Makefile's LUA is a version).
+LUA=${CMSREC_LUA:-lua5.4}
 log=$(mktemp -d /tmp/cmsrec-tests.XXXXXX)
 trap 'rm -rf "$log"' EXIT INT TERM
 passed=0 failed=0 skipped=0
@@ -44,7 +48,13 @@ ubsan_lib=$(cc -print-file-name=libubsan.so)
 for suite in $SUITES; do
     case $suite in
     unit) run_suite unit ./build/unit_core ;;
-    busted) run_suite busted env CMSREC_CPATH='build/?.so' busted --lua="$LUA" -o TAP spec/ ;;
+    busted) run_suite busted env CMSREC_CPATH='build/5.4/?.so' CMSREC_LUA="$LUA" \
+        busted --lua="$LUA" -o TAP spec/ ;;
+    busted-*)
+        v=${suite#busted-}
+        case $v in luajit) bin=luajit ;; *) bin=lua$v ;; esac
+        run_suite "$suite" env CMSREC_CPATH="build/$v/?.so" CMSREC_LUA="$bin" \
+            busted --lua="$bin" -o TAP spec/ ;;
     asan)
         # The interpreter is not instrumented: preload the runtimes. Leak
         # checking is off because busted exits without closing its Lua state.
@@ -53,6 +63,7 @@ for suite in $SUITES; do
             busted --lua="$LUA" -o TAP spec/ ;;
     leak) run_suite leak sh test/leak-check.sh ;;
     luarocks) run_suite luarocks sh test/luarocks-install.sh ;;
+    nginx) run_suite nginx sh test/nginx-check.sh ;;
     *) echo "unknown suite '$suite'"; failed=$((failed + 1)) ;;
     esac
 done
