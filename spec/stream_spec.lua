@@ -164,13 +164,13 @@ describe("opts.sink", function()
     assert.is_true(#chunks > 1)
   end)
 
-  it("is never called for an error answer, even after blanks, or for text", function()
+  it("is never given the bytes of an error answer, even after blanks, or of text", function()
     local cases = { notfound = "api", wsjson = "api", bom = "api", html = "protocol",
                     jsonarray = "protocol", blank = "protocol" }
     for id, kind in pairs(cases) do
       local called = false
       local info, err = client:download_file({ callID = id }, nil, {
-        sink = function() called = true end,
+        sink = function(chunk) if chunk then called = true end return 1 end,
       })
       assert.is_nil(info, id)
       assert.equal(kind, err.kind, id)

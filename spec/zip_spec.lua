@@ -56,11 +56,13 @@ describe("ZIP bundles", function()
     assert.equal(5000, info.files[1].size)
   end)
 
-  it("needs an existing directory to unzip into", function()
+  it("needs a directory to unzip into, not a file", function()
+    H.write_file(dir .. "/x.zip", "MINE")
     local info, err = client:download_file({ callID = "zip-3" }, dir .. "/x.zip", { unzip = true })
     assert.is_nil(info)
     assert.equal("io", err.kind) -- as for any unusable destination
-    assert.matches("needs an existing directory", err.message)
+    assert.matches("not a directory", err.message)
+    assert.equal("MINE", H.read_file(dir .. "/x.zip"))
   end)
 
   local bad = {
