@@ -62,7 +62,7 @@ run("to file, 200 MB", ([[
 run("to a Lua sink, 200 MB (bytes counted)", [[
   local n, t0 = 0, now()
   local info = assert(client:download_file({ callID = "wav-200000000" }, nil,
-    { sink = function(chunk) n = n + #chunk end }))
+    { sink = function(chunk) n = n + #(chunk or "") return 1 end }))
   local dt = now() - t0
   assert(n == info.bytes)
   print(("RESULT %.2f s, %.0f MB/s, peak RSS %.1f MB"):format(dt, n / dt / 1e6,

@@ -57,7 +57,30 @@ local function workload()
   cmsrec.unzip(data)
   cmsrec.unzip(data, dir .. "/unz")
   cmsrec.unzip("/nonexistent.zip")
+  -- LTN12 sinks, readers (read to the end, failed, abandoned, closed, dropped),
+  -- prepare and classify
+  c:download({ callID = "wav-20000" }, { sink = function() return 1 end })
+  for _ in c:chunks({ callID = "wav-20000" }) do end
+  local r = c:reader({ callID = "notfound" })
+  r()
+  r = c:reader({ callID = "wav-200000" })
+  r()
+  c:download{ callID = "wav-100" } -- ends the open reader
+  r = c:reader({ callID = "wav-200000" })
+  r()
+  r:close()
+  c:reader({ callID = "wav-200000" }, { on_progress = function() return false end })()
+  c:reader({ callID = "wav-200000" }) -- dropped: ended by the next request or by the GC
+  pcall(function() for _ in c:chunks({ callID = "flow" }) do end end)
+  c:reader({ callID = "" })
+  c:prepare({ callID = "1" })
+  c:prepare({ callID = "" })
+  cmsrec.classify(200, {}, "RIFF\0\0\0\0WAVEfmt ")
+  cmsrec.classify(200, { ["Retry-After"] = "3" }, '{"resultCode":"1"}', true)
+  cmsrec.classify(503, nil, ("x"):rep(100000))
+  cmsrec.error({ kind = "io" })
   c:close()
+  H.client():reader({ callID = "wav-200000" })() -- client and reader collected together
   -- a client dropped without close, one with a failing authorization function
   H.client():download{ callID = "wav-100" }
   H.client{ ak = false, sk = false, authorization = function() error("x") end }:download{ callID = "1" }
