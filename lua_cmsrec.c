@@ -1445,8 +1445,12 @@ static void reader_pump(lua_State *L, reader *r)
                 reader_complete(L, r, msg->data.result);
                 return;
             }
-        if (running)
-            mc = curl_multi_poll(m, NULL, 0, CMS_PROGRESS_INTERVAL_MS, NULL);
+        if (!running) { /* cannot happen: a finished transfer leaves a message */
+            cms_error_set(&r->err, CMS_E_NETWORK, "libcurl ended the transfer without a result");
+            reader_detach(r, READ_FAILED);
+            return;
+        }
+        mc = curl_multi_poll(m, NULL, 0, CMS_PROGRESS_INTERVAL_MS, NULL);
     }
     if (mc != CURLM_OK) {
         cms_error_set(&r->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
