@@ -71,7 +71,7 @@ done
 # state directory is gone (read from /proc: procps may not be installed).
 orphans=0
 for cmdline in /proc/[0-9]*/cmdline; do
-    args=$(tr '\0' ' ' <"$cmdline" 2>/dev/null) || continue
+    args=$(tr '\0' ' ' 2>/dev/null <"$cmdline") || continue
     case $args in
     *mock_cms.py\ --state-dir\ /tmp/cmsrec-*)
         dir=${args#*--state-dir }
