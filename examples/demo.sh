@@ -2,9 +2,15 @@
 # make demo: start the bundled mock CMS on loopback, download recordings with the
 # cmsrec command and with examples/download.lua, show what came back (type,
 # bytes, checksum) and one error case, then stop the mock.
+#
+# Lua 5.4 by default; any other Lua, with its build, as for the specs:
+#   CMSREC_LUA=luajit CMSREC_CPATH='build/luajit/?.so' sh examples/demo.sh
 set -eu
 cd "$(dirname "$0")/.."
 top=$PWD
+lua=${CMSREC_LUA:-lua5.4}
+cpath=${CMSREC_CPATH:-build/5.4/?.so}
+case $cpath in /*) ;; *) cpath=$top/$cpath ;; esac
 work=$(mktemp -d /tmp/cmsrec-demo.XXXXXX)
 mock_pid=
 cleanup() {
@@ -23,19 +29,19 @@ done
 port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["https_port"])' "$work/mock/ready.json")
 echo "mock CMS on https://127.0.0.1:$port, with its own CA ($work/mock/ca.pem)"
 
-export LUA_CPATH="$top/build/5.4/?.so;;"
+export LUA_CPATH="$cpath;;"
 export CMSREC_URL="https://127.0.0.1:$port" CMSREC_AK=mock-ak CMSREC_SK=mock-sk-0123456789abcdef
 export CMSREC_CAFILE="$work/mock/ca.pem"
 mkdir "$work/out"
 cd "$work/out"
 run() { echo; echo "\$ $*"; "$@"; }
-cmsrec() { lua5.4 "$top/bin/cmsrec" "$@"; }
+cmsrec() { "$lua" "$top/bin/cmsrec" "$@"; }
 
 run cmsrec get --call-id 1748587841-77268
 echo "served by the mock: $(python3 "$top/test/mockctl.py" "$work/mock" expect 1748587841-77268)"
 run cmsrec get --call-id wav-30000000 -o big.wav
 run cmsrec get --call-id zip-3 --unzip --json -o .
-run lua5.4 "$top/examples/download.lua" 1748587841-77268 example.wav
+run "$lua" "$top/examples/download.lua" 1748587841-77268 example.wav
 echo; echo "\$ ls -l"; ls -l
 
 echo; echo "# the seed's error answer, which real servers send with HTTP 200:"

@@ -1,6 +1,6 @@
 -- Download one recording and save it next to you.
 --
---   lua5.4 examples/download.lua CALL_ID [OUTPUT]
+--   lua examples/download.lua CALL_ID [OUTPUT]     (Lua 5.1 to 5.4, or LuaJIT)
 --
 -- Configuration comes from the environment: CMSREC_URL (https://ip:port),
 -- CMSREC_AK, CMSREC_SK and, for a private CA, CMSREC_CAFILE.
@@ -8,7 +8,7 @@ local cmsrec = require "cmsrec"
 
 local call_id, output = arg[1], arg[2]
 if not call_id then
-  io.stderr:write("usage: lua5.4 examples/download.lua CALL_ID [OUTPUT]\n")
+  io.stderr:write("usage: lua examples/download.lua CALL_ID [OUTPUT]\n")
   os.exit(2)
 end
 

@@ -2,7 +2,7 @@
 -- into DIR/<callID>/ (ZIP bundles unpacked), temporary failures retried with
 -- backoff. Calls already saved are skipped, so a failed run can simply be rerun.
 --
---   lua5.4 examples/save_all.lua DIR < call-ids.txt
+--   lua examples/save_all.lua DIR < call-ids.txt     (Lua 5.1 to 5.4, or LuaJIT)
 --
 -- Configuration from the environment: CMSREC_URL, CMSREC_AK, CMSREC_SK, CMSREC_CAFILE.
 -- A pause between attempts follows the server's Retry-After, else 2, 4, 8 s, and is at
@@ -15,9 +15,14 @@ local ATTEMPTS = 4
 local MAX_PAUSE = tonumber(os.getenv("CMSREC_MAX_PAUSE") or "") or 60
 if not (MAX_PAUSE >= 0) then MAX_PAUSE = 60 end -- negative or NaN
 
-local dir = arg[1] or error("usage: lua5.4 examples/save_all.lua DIR < call-ids.txt")
+local dir = arg[1] or error("usage: lua examples/save_all.lua DIR < call-ids.txt")
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+-- os.execute returns the wait status in Lua 5.1 and LuaJIT (0 for success), true or nil in 5.2+
+local function execute(command)
+  local status = os.execute(command)
+  return status == true or status == 0
+end
 local function sleep(seconds) os.execute(("sleep %.3f"):format(seconds)) end
 local function is_empty(path) -- true also when missing
   local p = io.popen("ls -A " .. sh_quote(path) .. " 2>/dev/null")
@@ -64,7 +69,7 @@ for line in io.lines() do
   elseif not is_empty(into) then
     skipped = skipped + 1
   else
-    assert(os.execute("mkdir -p " .. sh_quote(into)))
+    assert(execute("mkdir -p " .. sh_quote(into)), "cannot make " .. into)
     local info, err = fetch(call_id, into)
     if info then
       saved = saved + 1
@@ -79,4 +84,4 @@ for line in io.lines() do
 end
 client:close()
 io.stderr:write(("%d saved, %d already there, %d failed\n"):format(saved, skipped, failed))
-os.exit(failed == 0)
+os.exit(failed == 0 and 0 or 1) -- (Lua 5.1's os.exit takes no boolean)
