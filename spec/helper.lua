@@ -1,4 +1,5 @@
 -- Shared by the specs: loads the module under test and runs the mock CMS.
+-- Kept to what Lua 5.1 to 5.4 and LuaJIT have in common, as are the specs.
 --
 -- CMSREC_CPATH picks the build to test (build/5.4/?.so by default, build/asan/?.so
 -- for the AddressSanitizer run). mock.start() runs test/mock_cms.py on
@@ -15,10 +16,19 @@ H.SK = "mock-sk-0123456789abcdef"
 -- Child processes must not inherit the AddressSanitizer preload of the asan run.
 local CLEAN_ENV = os.getenv("LD_PRELOAD") and "env -u LD_PRELOAD " or ""
 
+-- Run a shell command; true when it succeeded. (os.execute returns the wait status
+-- in Lua 5.1 and LuaJIT, 0 for success, and true or nil in Lua 5.2+.)
 local function sh(cmd)
-  local ok = os.execute(CLEAN_ENV .. cmd)
-  return ok == true or ok == 0
+  local status = os.execute(CLEAN_ENV .. cmd)
+  return status == true or status == 0
 end
+H.sh = sh
+
+-- `s` quoted for the shell, as one word.
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+H.q = q
 
 local function read_file(path)
   local f = io.open(path, "rb")
@@ -37,12 +47,15 @@ local function capture(cmd, keep_env)
 end
 H.capture = capture
 
+-- The checkout the specs run in, and the interpreter for child processes.
+H.ROOT = capture("pwd"):gsub("%s+$", "")
+H.LUA = os.getenv("CMSREC_LUA") or "lua5.4"
+
 -- package.cpath with relative entries made absolute, for children run elsewhere.
 function H.absolute_cpath()
-  local root = capture("pwd"):gsub("%s+$", "")
   local parts = {}
   for p in package.cpath:gmatch("[^;]+") do
-    parts[#parts + 1] = p:sub(1, 1) == "/" and p or root .. "/" .. p
+    parts[#parts + 1] = p:sub(1, 1) == "/" and p or H.ROOT .. "/" .. p
   end
   return table.concat(parts, ";")
 end
@@ -50,8 +63,8 @@ end
 -- Run a Lua chunk in a new interpreter that loads the same build of cmsrec
 -- (same cpath, same sanitizer preload); `env` is a prefix such as "X=1".
 function H.run_lua(code, env)
-  local cmd = ("%s %s -e %q 2>&1"):format(env or "", os.getenv("CMSREC_LUA") or "lua5.4",
-    ("package.cpath = %q; %s"):format(package.cpath, code))
+  local cmd = ("%s %s -e %s 2>&1"):format(env or "", H.LUA,
+    q(("package.cpath = %q; %s"):format(package.cpath, code)))
   return capture(cmd, true)
 end
 
@@ -91,7 +104,7 @@ function H.ls(dir)
 end
 
 function H.exists(path)
-  return os.execute("test -e '" .. path .. "' -o -L '" .. path .. "'") == true
+  return sh("test -e " .. q(path) .. " -o -L " .. q(path))
 end
 
 -- True when this process runs under AddressSanitizer (memory figures are meaningless).
@@ -131,9 +144,9 @@ function mock.stop()
   if mock.pid then
     -- the shell's own kill: procps' /usr/bin/kill is not on a minimal system;
     -- then wait until it has exited, so nothing outlives its tests
-    os.execute("kill " .. mock.pid .. " 2>/dev/null")
+    sh("kill " .. mock.pid .. " 2>/dev/null")
     for _ = 1, 100 do
-      if not os.execute("kill -0 " .. mock.pid .. " 2>/dev/null") then break end
+      if not sh("kill -0 " .. mock.pid .. " 2>/dev/null") then break end
       sh("sleep 0.05")
     end
     sh("rm -rf " .. mock.dir)

@@ -95,14 +95,15 @@ describe("client:download_file", function()
 
   it("leaves nothing behind when the disk is full", function()
     local mnt = dir .. "/small"
-    os.execute("mkdir " .. mnt)
-    if not os.execute("mount -t tmpfs -o size=1m cmsrec-test " .. mnt .. " 2>/dev/null") then
-      return pending("mounting a small tmpfs needs root")
+    assert(H.sh("mkdir " .. mnt))
+    if not H.sh("mount -t tmpfs -o size=1m cmsrec-test " .. mnt .. " 2>/dev/null") then
+      pending("mounting a small tmpfs needs root")
+      return
     end
     H.write_file(mnt .. "/call.wav", "ORIGINAL")
     local info, err = client:download_file({ callID = "wav-3000000" }, mnt .. "/call.wav")
     local left, content = H.ls(mnt), H.read_file(mnt .. "/call.wav")
-    os.execute("umount " .. mnt)
+    assert(H.sh("umount " .. mnt))
     assert.is_nil(info)
     assert.equal("io", err.kind)
     assert.matches("disk full", err.message)
@@ -115,9 +116,8 @@ describe("client:download_file", function()
       local c = require("cmsrec").new{ base_url = %q, ak = %q, sk = %q, cafile = %q }
       c:download_file({ callID = "stall-10" }, %q)
     ]]):format(mock.url, H.AK, H.SK, mock.ca, dir)
-    H.capture(("%s -e %q & pid=$!; sleep 1; kill -KILL $pid; wait $pid 2>/dev/null"):format(
-      os.getenv("CMSREC_LUA") or "lua5.4", ("package.cpath = %q; %s"):format(package.cpath, code)),
-      true)
+    H.capture(("%s -e %s & pid=$!; sleep 1; kill -KILL $pid; wait $pid 2>/dev/null"):format(
+      H.LUA, H.q(("package.cpath = %q; %s"):format(package.cpath, code))), true)
     if H.under_asan() then
       -- the sanitizer build uses a named temporary file (no O_TMPFILE): a killed
       -- process leaves that hidden file, as the README says, and nothing else

@@ -107,7 +107,7 @@ describe("ZIP bundles", function()
 
   it("refuses a symbolic link among the parents in the destination", function()
     local outside = H.tmpdir()
-    os.execute(("ln -s '%s' '%s/day1'"):format(outside, dir))
+    assert(H.sh(("ln -s '%s' '%s/day1'"):format(outside, dir)))
     local info, err = client:download_file({ callID = "zip-dirs" }, dir, { unzip = true })
     local left = H.ls(outside)
     H.rmrf(outside)
@@ -143,10 +143,10 @@ describe("ZIP bundles", function()
 
   it("reads a path that happens to start with PK as a path", function()
     local zip = client:download_file({ callID = "zip-2" }, dir .. "/bundle.zip")
-    os.execute(("mkdir %s/PKG && mv %s %s/PKG/b.zip"):format(dir, zip.path, dir))
+    assert(H.sh(("mkdir %s/PKG && mv %s %s/PKG/b.zip"):format(dir, zip.path, dir)))
     local cpath = H.absolute_cpath()
-    local out = H.capture(("cd %s && %s -e %q 2>&1"):format(dir, os.getenv("CMSREC_LUA") or "lua5.4",
-      ("package.cpath = %q; print(#assert(require('cmsrec').unzip('PKG/b.zip')))"):format(cpath)),
+    local out = H.capture(("cd %s && %s -e %s 2>&1"):format(dir, H.LUA,
+      H.q(("package.cpath = %q; print(#assert(require('cmsrec').unzip('PKG/b.zip')))"):format(cpath))),
       true)
     assert.equal("2", out:match("^(%S+)"), out)
   end)
