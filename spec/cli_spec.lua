@@ -1,62 +1,9 @@
--- bin/cmsrec, run as a separate process on the build under test, against the mock CMS.
---
--- Every run goes through `env`: the CMSREC_* variables of the spec process are
--- removed, LUA_CPATH points at the same build as this spec (absolute paths, since
--- some runs change directory), and the AddressSanitizer preload of the asan run is
--- given to lua5.4 only (not to the shell, `script` or coreutils).
+-- bin/cmsrec, run as a separate process on the build under test, against the mock CMS
+-- (H.cli: a clean CMSREC_* environment, the same build as this spec).
 local H = require "spec.helper"
 local cjson = require "cjson"
 local mock = H.mock
-
-local ROOT = H.capture("pwd"):gsub("%s+$", "")
-local BIN = ROOT .. "/bin/cmsrec"
-local LUA = os.getenv("CMSREC_LUA") or "lua5.4"
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- The environment of a download from the mock; `extra` adds or overrides (false removes).
-local function mock_env(extra)
-  local env = { CMSREC_URL = mock.url, CMSREC_AK = H.AK, CMSREC_SK = H.SK, CMSREC_CAFILE = mock.ca }
-  for k, v in pairs(extra or {}) do env[k] = v or nil end
-  return env
-end
-
--- Runs `cmsrec <args>` (a shell string). o.env: variables; o.cd: the working
--- directory; o.tty: under a pseudo-terminal (script(1)), stdout and stderr merged;
--- o.interrupt: send SIGINT (Ctrl-C) after that many seconds. Returns { code, out, err }.
-local function cli(args, o)
-  o = o or {}
-  local env = { "LUA_CPATH=" .. q(H.absolute_cpath() .. ";;") }
-  if os.getenv("LD_PRELOAD") then env[#env + 1] = "LD_PRELOAD=" .. q(os.getenv("LD_PRELOAD")) end
-  for k, v in pairs(o.env or {}) do env[#env + 1] = k .. "=" .. q(v) end
-  local cmd = ("env -u CMSREC_URL -u CMSREC_AK -u CMSREC_SK -u CMSREC_CAFILE -u CMSREC_CONFIG %s%s %s %s %s")
-    :format(o.cd and "-C " .. q(o.cd) .. " " or "", table.concat(env, " "), LUA, q(BIN), args)
-  if o.tty then cmd = ("script -qfec %s /dev/null </dev/null"):format(q(cmd)) end
-  local out, err = os.tmpname(), os.tmpname()
-  local run = o.interrupt
-    and ("%s >%s 2>%s & pid=$!; sleep %s; kill -INT $pid; wait $pid; echo $?"):format(cmd, out, err,
-      o.interrupt)
-    or ("%s >%s 2>%s; echo $?"):format(cmd, out, err)
-  local status = H.capture(run)
-  local r = { code = tonumber(status:match("(%d+)%s*$")), out = H.read_file(out), err = H.read_file(err) }
-  os.remove(out)
-  os.remove(err)
-  return r
-end
-
-local function listing(dir)
-  local names = {}
-  for name in H.capture("ls -A " .. q(dir)):gmatch("[^\n]+") do names[#names + 1] = name end
-  return names
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local q, cli, listing, mock_env, write_file = H.q, H.cli, H.listing, H.mock_env, H.write_file
 
 local function file_sha256(path)
   local data = H.read_file(path)
@@ -340,7 +287,7 @@ describe("cmsrec CLI", function()
     it("reads stall_timeout as its own setting, and -o dir/ makes the directory", function()
       local path = config({ "url = " .. mock.url, "ak = " .. H.AK, "sk = " .. H.SK, "cafile = " .. mock.ca,
                             "timeout = 30", "stall_timeout = 1" })
-      os.execute("chmod 600 " .. q(path))
+      assert(H.sh("chmod 600 " .. q(path)))
       local out = tmp .. "/new/dir/"
       local r = cli(("get --config %s --call-id stall-15 -o %s"):format(q(path), q(out)))
       assert.equal(5, r.code, r.err) -- cut by the 1 s stall timeout, long before 30 s
@@ -355,12 +302,12 @@ describe("cmsrec CLI", function()
 
     it("warns when a config file holding the SK is readable by others", function()
       local path = config({ "url = " .. mock.url, "ak = " .. H.AK, "sk = " .. H.SK, "cafile = " .. mock.ca })
-      os.execute("chmod 644 " .. q(path))
+      assert(H.sh("chmod 644 " .. q(path)))
       local args = ("get --config %s --call-id wav-2000 -o %s"):format(q(path), q(tmp))
       local r = cli(args)
       assert.equal(0, r.code, r.err)
       assert.matches("others can read it %(chmod 600", r.err)
-      os.execute("chmod 600 " .. q(path))
+      assert(H.sh("chmod 600 " .. q(path)))
       r = cli(args)
       assert.equal(0, r.code, r.err)
       assert.is_nil(r.err:find("warning", 1, true))

@@ -2,22 +2,11 @@
 local H = require "spec.helper"
 local mock = H.mock
 
-local ROOT = H.capture("pwd"):gsub("%s+$", "")
-
 -- Run examples/<script> with the mock's settings in `cwd`; returns exit code, stdout, stderr.
 local function run(script, args, cwd, stdin)
-  local cpath = H.absolute_cpath()
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("cd %s && %s LUA_CPATH=%q CMSREC_URL=%q CMSREC_AK=%q CMSREC_SK=%q CMSREC_CAFILE=%q "
-    .. "%s %s/examples/%s %s <%s >%s 2>%s; echo $?"):format(cwd,
-    os.getenv("LD_PRELOAD") and ("LD_PRELOAD=%q"):format(os.getenv("LD_PRELOAD")) or "",
-    cpath .. ";;", mock.url, H.AK, H.SK, mock.ca, os.getenv("CMSREC_LUA") or "lua5.4",
-    ROOT, script, args, stdin or "/dev/null", out, err)
-  local code = tonumber(H.capture(cmd, true):match("(%d+)%s*$"))
-  local o, e = H.read_file(out), H.read_file(err)
-  os.remove(out)
-  os.remove(err)
-  return code, o, e
+  local r = H.run(("%s %s %s"):format(H.LUA, H.q(H.ROOT .. "/examples/" .. script), args),
+    { cd = cwd, stdin = stdin, env = H.mock_env() })
+  return r.code, r.out, r.err
 end
 
 describe("examples", function()

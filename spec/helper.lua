@@ -217,6 +217,78 @@ function H.download_with(extra, req, opts)
   return data, info
 end
 
+-- ===== bin/cmsrec and the examples, run as separate processes =====
+
+-- Seconds since boot, to 10 ms: the wall-clock time of a run (os.time has 1 s).
+function H.now()
+  local f = assert(io.open("/proc/uptime"))
+  local t = f:read("*n")
+  f:close()
+  return t
+end
+
+-- Every entry of `dir` (hidden ones too), sorted, as a list.
+function H.listing(dir)
+  local names = {}
+  for name in capture("ls -A " .. q(dir)):gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+-- The environment of a download from the mock; `extra` adds or overrides (false removes).
+function H.mock_env(extra)
+  local env = { CMSREC_URL = mock.url, CMSREC_AK = H.AK, CMSREC_SK = H.SK, CMSREC_CAFILE = mock.ca }
+  for k, v in pairs(extra or {}) do env[k] = v or nil end
+  return env
+end
+
+-- Runs `command` (a shell string, run by `env`) with none of the CMSREC_* variables
+-- of the spec process and LUA_CPATH on the build under test (absolute, since some
+-- runs change directory). The AddressSanitizer preload of the asan run goes to the
+-- command only, not to the shell, `script`, `timeout` or coreutils. Options:
+--   env        variables to set
+--   cd         the working directory
+--   stdin      a file for stdin (default /dev/null)
+--   stdout     a file for stdout (r.out is then "")
+--   tty        run under a pseudo-terminal (script(1)): stdout and stderr both in r.out
+--   limit      kill it after that many seconds (exit 124)
+--   interrupt  send it SIGINT (Ctrl-C) after that many seconds, then run the shell
+--              command `after_interrupt`, if any
+-- Returns { code = exit status, out = stdout, err = stderr, elapsed = seconds }.
+function H.run(command, o)
+  o = o or {}
+  local env = { "LUA_CPATH=" .. q(H.absolute_cpath() .. ";;") }
+  if os.getenv("LD_PRELOAD") then env[#env + 1] = "LD_PRELOAD=" .. q(os.getenv("LD_PRELOAD")) end
+  for k, v in pairs(o.env or {}) do env[#env + 1] = k .. "=" .. q(v) end
+  local cmd = ("env -u CMSREC_URL -u CMSREC_AK -u CMSREC_SK -u CMSREC_CAFILE -u CMSREC_CONFIG "
+    .. "-u CMSREC_MAX_PAUSE %s%s %s"):format(o.cd and "-C " .. q(o.cd) .. " " or "",
+    table.concat(env, " "), command)
+  if o.tty then cmd = "script -qfec " .. q(cmd) .. " /dev/null" end
+  -- --foreground: a SIGINT reaches the command once, as from a terminal. Without it,
+  -- timeout sends it to the command and again to its process group, and the second
+  -- one may kill the command (exit 130): lua's handler restores the default at the first.
+  if o.limit then cmd = ("timeout --foreground %s %s"):format(o.limit, cmd) end
+  local out, err = os.tmpname(), os.tmpname()
+  local redirect = ("<%s >%s 2>%s"):format(o.stdin or "/dev/null", o.stdout or out, err)
+  local line = ("%s %s; echo $?"):format(cmd, redirect)
+  if o.interrupt then
+    line = ("%s %s & pid=$!; sleep %s; kill -INT $pid; %s; wait $pid; echo $?")
+      :format(cmd, redirect, o.interrupt, o.after_interrupt or ":")
+  end
+  local t0 = H.now()
+  local status = capture(line)
+  local r = { code = tonumber(status:match("(%d+)%s*$")), out = read_file(out) or "",
+              err = read_file(err) or "", elapsed = H.now() - t0 }
+  os.remove(out)
+  os.remove(err)
+  return r
+end
+
+-- Runs bin/cmsrec with `args` (a shell string), as H.run does.
+function H.cli(args, o)
+  return H.run(("%s %s %s"):format(H.LUA, q(H.ROOT .. "/bin/cmsrec"), args), o)
+end
+
 -- Every string value of an error table, and its tostring, must not hold the SK.
 -- (Plain assert: busted's assert lives in the spec files' environment.)
 function H.assert_no_secret(err)
