@@ -76,6 +76,8 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     declares 3 GiB uncompressed
   http09            no status line: raw WAV-like bytes, then close (HTTP/0.9 style)
   bigheader         200 the notfound answer with a 200000-character X-Filler header
+  slowwav-S         200 the bytes of wav-160044 (Content-Length), trickled in pieces
+                    0.1 s apart over S (<= 30) s: a recording that is slow to arrive
   anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
@@ -584,6 +586,24 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._note = f" (client hung up: {type(exc).__name__})"
 
+    def _trickle_bytes(self, data, seconds):
+        """200 data (Content-Length) in pieces TRICKLE_STEP apart over seconds."""
+        steps = max(1, round(seconds / TRICKLE_STEP))
+        cuts = [len(data) * i // steps for i in range(steps + 1)]
+        start = time.monotonic()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for i in range(steps):
+                time.sleep(max(0.0, start + i * seconds / steps - time.monotonic()))
+                self.wfile.write(data[cuts[i]:cuts[i + 1]])
+                self.wfile.flush()
+        except OSError as exc:
+            self.close_connection = True
+            self._note = f" (client hung up: {type(exc).__name__})"
+
     def _abort(self):
         """Close the TCP connection without a clean TLS/HTTP ending."""
         self.close_connection = True
@@ -737,6 +757,8 @@ class Handler(BaseHTTPRequestHandler):
         if cid == "gzipjson":
             return self._reply(200, gzip.compress(NOTFOUND, mtime=0),
                                headers={"Content-Encoding": "gzip"})
+        if kind == "slowwav" and num is not None:
+            return self._trickle_bytes(wav_bytes(160044), min(num, 30))
         if cid == "bigheader":
             return self._reply(*FIXED["notfound"], headers={"X-Filler": "a" * 200000})
         if cid == "http09":  # no status line at all: raw bytes, then close
