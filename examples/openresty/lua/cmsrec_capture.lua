@@ -1,0 +1,57 @@
+-- Way 1, buffered: sign in Lua, send with nginx (nginx-capture.conf).
+--
+-- client:prepare() validates the request and signs it with the SK held in C;
+-- ngx.location.capture() sends it through the internal location
+-- /_cmsrec_upstream (proxy_pass, TLS verified by nginx) without blocking the
+-- worker; cmsrec.classify() decides what came back. The whole answer, the
+-- recording included, is held in this worker's memory until it is sent: fine
+-- for recordings of a few MB (a one-hour call is about 29 MB), not for many
+-- large ones at once (use nginx-stream.conf or nginx-thread.conf then).
+local cmsrec = require "cmsrec"
+local web = require "cmsrec_web"
+
+local M = {}
+
+function M.handler()
+  local req, err = web.request()
+  if not req then return web.fail(err) end
+  local c, cerr = web.client()
+  if not c then return web.fail(cerr) end
+  local prep
+  prep, err = c:prepare(req)
+  if not prep then return web.fail(err, req.callID) end
+
+  local h = prep.headers
+  local res = ngx.location.capture("/_cmsrec_upstream", {
+    method = ngx.HTTP_POST,
+    body = prep.body,
+    vars = { -- read by proxy_pass and proxy_set_header in /_cmsrec_upstream
+      cmsrec_url = prep.url,
+      cmsrec_host = h["Host"],
+      cmsrec_content_type = h["Content-Type"],
+      cmsrec_content_length = h["Content-Length"],
+      cmsrec_authorization = h["Authorization"],
+      cmsrec_accept_encoding = h["Accept-Encoding"],
+    },
+  })
+
+  if res.truncated then
+    -- the CMS (or the connection to it) broke off midway: never send part of a recording
+    return web.fail({ kind = "network", retryable = true, status = res.status,
+                      message = "the CMS connection broke off during the answer" }, req.callID)
+  end
+  -- A timeout or an unreachable CMS reaches here as nginx's own 504 / 502 page:
+  -- classify() makes them kind "http" with that status, like any other non-2xx.
+  local format
+  format, err = cmsrec.classify(res.status, res.header, res.body, true)
+  if not format then
+    return web.fail(err or { kind = "protocol", message = "the CMS answer could not be classified" },
+                    req.callID)
+  end
+  ngx.status = ngx.HTTP_OK
+  web.recording_headers(req.callID, format)
+  ngx.header["Content-Length"] = #res.body
+  ngx.print(res.body)
+end
+
+return M
