@@ -48,15 +48,20 @@ alive() {
     [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null
 }
 
+tree() { # tree PID: PID and all its descendants
+    echo "$1"
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done
+}
+
+# $ngx_pid is timeout(1) running the nginx master, which forwards it the TERM.
 stop_nginx() {
     [ -n "$ngx_pid" ] || return 0
-    kids=$(cat /proc/"$ngx_pid"/task/*/children 2>/dev/null)
+    pids=$(tree "$ngx_pid")
     kill -TERM "$ngx_pid" 2>/dev/null
     i=0
     while alive "$ngx_pid" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-    alive "$ngx_pid" && kill -KILL "$ngx_pid" 2>/dev/null
+    for p in $pids; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
     wait "$ngx_pid" 2>/dev/null
-    for k in $kids; do alive "$k" && kill -KILL "$k" 2>/dev/null; done
     ngx_pid=
 }
 
@@ -110,7 +115,8 @@ start_nginx() {
     shift 2
     prefix=$work/$name
     mkdir -p "$prefix/conf" "$prefix/logs" "$prefix/tmp" "$prefix/spool" "$prefix/out"
-    chown "$WORKER_USER" "$prefix/spool" && chmod 700 "$prefix/spool"
+    # (as root the workers run as $WORKER_USER; otherwise as the caller, who owns it)
+    chown "$WORKER_USER" "$prefix/spool" 2>/dev/null; chmod 700 "$prefix/spool"
     port=$(free_port)
     base=http://127.0.0.1:$port
     python3 test/nginx/render.py "$src" "$prefix/conf/nginx.conf" \
@@ -119,16 +125,17 @@ start_nginx() {
         "/usr/local/share/cmsrec/openresty/?.lua" "$top/examples/openresty/lua/?.lua" \
         "/usr/local/lib/lua/5.1/?.so" "$top/build/luajit/?.so" \
         "$@" >"$prefix/render.log" 2>&1 || { diag <"$prefix/render.log"; return 1; }
+    # timeout: should this script be killed outright, nginx still ends (as the mock does)
     env CMSREC_URL="https://127.0.0.1:$mock_port" CMSREC_AK=mock-ak CMSREC_SK="$SK" \
         CMSREC_CAFILE="$work/ca.pem" CMSREC_TIMEOUT=$((SLOW + 1)) \
-        nginx -p "$prefix/" -c conf/nginx.conf -e logs/error.log -g 'daemon off;' \
+        timeout -k 5 300 nginx -p "$prefix/" -c conf/nginx.conf -e logs/error.log -g 'daemon off;' \
         >"$prefix/logs/stdout.log" 2>&1 &
     ngx_pid=$!
     i=0
     while [ $i -lt 100 ]; do
         alive "$ngx_pid" || break
         if [ "$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "$base/ping")" = 200 ]; then
-            started="$started $ngx_pid $(cat /proc/"$ngx_pid"/task/*/children 2>/dev/null)"
+            started="$started $(tree "$ngx_pid")"
             return 0
         fi
         sleep 0.05
