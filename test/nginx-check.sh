@@ -8,6 +8,9 @@
 #     Content-Type and Content-Disposition from the bytes;
 #   - no recording gives JSON 404 (streaming: never a complete 200), CMS
 #     failures JSON 502, timeouts JSON 504, a bad request JSON 400;
+#   - nothing of the browser's request (cookies, its Authorization) reaches
+#     the CMS; way 2 leaves no spool file behind and answers 503 (the worker
+#     alive) beyond $cmsrec_max_downloads;
 #   - while three slow downloads run, /ping answers in under 50 ms, and the
 #     three finish together (about the time of one).
 # test/nginx/naive.conf (client:download in content_by_lua) then shows that the
