@@ -55,7 +55,8 @@ enum { BUSY_NOT, BUSY_CALL, BUSY_READER }; /* idle; in a call; a reader holds th
 
 typedef struct client {
     CURL *curl;
-    CURLM *multi;       /* readers drive `curl` on it; made when first needed */
+    CURLM *multi;       /* `curl` runs on it: one pool of connections for every call */
+    cms_conn_set conns; /* the sockets of that pool (see cms_transfer.h) */
     struct reader *reader; /* the open reader holding `curl`, or NULL */
     char *url;          /* scheme://authority/path, what is requested */
     char *path;         /* the path exactly as sent and signed */
@@ -77,19 +78,19 @@ static void free_str(char **p)
     *p = NULL;
 }
 
-static void reader_abandon(struct reader *r);
+static void reader_abandon(lua_State *L, struct reader *r);
 
-static void client_release(client *c)
+static void client_release(lua_State *L, client *c)
 {
     if (c->busy == BUSY_READER)
-        reader_abandon(c->reader); /* the reader keeps its error, the handle is freed */
-    if (c->multi) {
-        curl_multi_cleanup(c->multi);
-        c->multi = NULL;
-    }
+        reader_abandon(L, c->reader); /* the reader keeps its outcome */
+    if (c->multi)
+        curl_multi_cleanup(c->multi); /* closes the pool: close_socket needs c->conns */
+    c->multi = NULL;
     if (c->curl)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
+    cms_conn_set_free(&c->conns);
     if (c->sk) {
         OPENSSL_cleanse(c->sk, c->sk_len);
         free(c->sk);
@@ -107,17 +108,24 @@ static void client_release(client *c)
     c->closed = 1;
 }
 
+static int reader_in_callback(const struct reader *r);
+
 static client *check_client(lua_State *L, int idx)
 {
     client *c = luaL_checkudata(L, idx, CLIENT_MT);
     if (c->closed)
         luaL_error(L, "attempt to use a closed cmsrec client");
-    if (c->busy == BUSY_READER)
-        reader_abandon(c->reader); /* the client's next request ends an open reader */
-    if (c->busy)
+    if (c->busy == BUSY_CALL || (c->busy == BUSY_READER && reader_in_callback(c->reader)))
         luaL_error(L, "cmsrec client is busy: a callback cannot start another download "
                       "on the client that called it");
     return c;
+}
+
+/* Just before a request uses the connection: an open reader ends there. */
+static void claim_client(lua_State *L, client *c)
+{
+    if (c->busy == BUSY_READER)
+        reader_abandon(L, c->reader);
 }
 
 /* ===== ERRORS ===== */
@@ -509,7 +517,9 @@ static int l_new(lua_State *L)
                                         strlen("cmsrec/" CMSREC_VERSION));
     config_credentials(L, 1, c); /* last: no later check can leave an SK copy behind */
 
-    if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()))
+    c->tc.conns = &c->conns;
+    if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()) ||
+        !(c->multi = curl_multi_init()))
         luaL_error(L, "cmsrec.new: libcurl could not be initialised");
     c->closed = 0;
     if (c->tc.insecure) /* loud on purpose: this must never go unnoticed */
@@ -521,13 +531,13 @@ static int l_new(lua_State *L)
 static int l_close(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, CLIENT_MT);
-    if (c->busy == BUSY_READER)
-        reader_abandon(c->reader);
+    if (c->busy == BUSY_READER && !reader_in_callback(c->reader))
+        reader_abandon(L, c->reader);
     if (c->busy)
         luaL_error(L, "cmsrec client is busy: a callback cannot close the client "
                       "that called it");
     if (!c->closed) {
-        client_release(c);
+        client_release(L, c);
         lua_newtable(L); /* drop the authorization function */
         lua_setuservalue(L, 1);
     }
@@ -537,7 +547,7 @@ static int l_close(lua_State *L)
 static int l_gc(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, CLIENT_MT);
-    client_release(c); /* safe to run twice */
+    client_release(L, c); /* safe to run twice */
     return 0;
 }
 
@@ -1076,11 +1086,13 @@ static int download_steps(lua_State *L, client *c, dl_ctx *d, char sha_hex[65],
     scratch *s = d->s;
     const char *call_id;
     cms_transfer_io io;
+    cms_transfer t;
 
     if (prepare_request(L, c, s, d->plan->req, &call_id, err) != 0 ||
         open_destination(d, call_id, &io, err) != 0 ||
-        cms_transfer_post(c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len,
-                          &io, &s->resp, err) != 0)
+        cms_transfer_start(&t, c->curl, &c->tc, c->url, s->headers, s->body.data,
+                           s->body.len, &io, &s->resp, err) != 0 ||
+        cms_transfer_perform(&t, c->multi) != 0)
         return -1;
     if (!s->resp.sunk)
         return classify_answer(L, CJSON_UPVALUE, &s->resp, err);
@@ -1181,6 +1193,7 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     d.reported = -1;
     d.made_dir = 0;
     cms_error_clear(&err);
+    claim_client(L, c);
     c->busy = BUSY_CALL; /* Lua callbacks run inside: authorization, sink, on_progress */
     rc = download_steps(L, c, &d, sha_hex, &err);
     if (p->sink)
@@ -1383,16 +1396,48 @@ static void reader_detach(reader *r, int state)
         r->state = state;
 }
 
-/* The client is asked for another request while this reader is open: from
-   inside the reader's own on_progress that is misuse (the client stays
-   busy and check_client raises); otherwise the reader ends, failed. */
-static void reader_abandon(reader *r)
+static int reader_in_callback(const reader *r)
 {
-    if (r->reading)
+    return r->reading;
+}
+
+static void reader_complete(lua_State *L, reader *r, CURLcode code);
+
+/* The transfer ended in libcurl but the reader was not called since. */
+static int reader_finished(lua_State *L, reader *r)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(r->c->multi, &left)) != NULL)
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->c->curl) {
+            reader_complete(L, r, msg->data.result);
+            return 1;
+        }
+    return 0;
+}
+
+/* The client is asked for another request, or closed, while this reader is
+   open: the reader ends there. What arrived stays readable; a recording that
+   had arrived completely ends well, anything else with kind cancelled. */
+static void reader_abandon(lua_State *L, reader *r)
+{
+    if (reader_finished(L, r))
         return;
     cms_error_set(&r->err, CMS_E_CANCELLED, "the reader was ended: its client was asked "
                   "for another request before the recording was read to the end");
     reader_detach(r, READ_FAILED);
+}
+
+/* close() or the GC before the end: the next read says so, never "the end". */
+static void reader_stop(reader *r)
+{
+    if (r->state == READ_RUNNING) {
+        cms_error_set(&r->err, CMS_E_CANCELLED, "the reader was closed before the end of "
+                      "the recording");
+        reader_detach(r, READ_FAILED);
+    }
+    cms_buf_free(&r->queue);
 }
 
 static int reader_close(lua_State *L)
@@ -1401,17 +1446,13 @@ static int reader_close(lua_State *L)
 
     if (r->reading)
         luaL_error(L, "cmsrec reader: on_progress cannot close the reader that called it");
-    reader_detach(r, READ_CLOSED);
-    cms_buf_free(&r->queue);
+    reader_stop(r);
     return 0;
 }
 
 static int reader_gc(lua_State *L)
 {
-    reader *r = luaL_checkudata(L, 1, READER_MT);
-
-    reader_detach(r, READ_CLOSED);
-    cms_buf_free(&r->queue);
+    reader_stop(luaL_checkudata(L, 1, READER_MT));
     return 0;
 }
 
@@ -1527,8 +1568,6 @@ static int reader_start(lua_State *L, reader *r)
         r->io.progress = lua_progress;
         r->io.progress_ud = &r->d;
     }
-    if (!c->multi && (c->multi = curl_multi_init()) == NULL)
-        return cms_error_set(&r->err, CMS_E_NOMEM, "out of memory");
     if (cms_transfer_start(&r->t, c->curl, &c->tc, c->url, s->headers, s->body.data,
                            s->body.len, &r->io, &s->resp, &r->err) != 0)
         return -1;
@@ -1575,6 +1614,7 @@ static int open_reader(lua_State *L, const char *what, int raise)
     r->d.reported = -1;
     r->d.L = L;
     cms_error_clear(&r->err);
+    claim_client(L, c);
     c->busy = BUSY_CALL; /* the authorization function runs inside */
     rc = reader_start(L, r);
     c->busy = rc == 0 ? BUSY_READER : BUSY_NOT;
@@ -1596,10 +1636,15 @@ static int l_reader(lua_State *L)
     return open_reader(L, "client:reader", 0);
 }
 
-/* for chunk in client:chunks(req[, opts]) do ... end: failures raise */
+/* for chunk in client:chunks(req[, opts]) do ... end: failures raise. The
+   reader is also the loop's closing value: in Lua 5.4 a break closes it. */
 static int l_chunks(lua_State *L)
 {
-    return open_reader(L, "client:chunks", 1);
+    open_reader(L, "client:chunks", 1);
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushvalue(L, -3);
+    return 4;
 }
 
 /* ===== PREPARE AND CLASSIFY: for callers that send the request themselves ===== */
@@ -1612,16 +1657,17 @@ static int l_prepare(lua_State *L)
     char clen[32];
     cms_error err;
     scratch *s;
-    int rc;
+    int rc, busy;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_argcheck(L, lua_gettop(L) <= 2, 3, "found too many arguments");
     lua_settop(L, 2);
     s = new_scratch(L); /* 3 */
     cms_error_clear(&err);
+    busy = c->busy; /* an open reader goes on: prepare does not use the connection */
     c->busy = BUSY_CALL; /* the authorization function runs inside */
     rc = sign_new_request(L, c, s, 2, &call_id, clen, &auth, &err);
-    c->busy = BUSY_NOT;
+    c->busy = busy;
     if (rc != 0) {
         scratch_release(L, 3);
         return push_error(L, &err);
@@ -1660,6 +1706,19 @@ static void read_answer_headers(lua_State *L, int idx, cms_response *r, int *enc
     }
 }
 
+/* Whether `body` decodes as a whole JSON object. */
+static int json_complete(lua_State *L, const char *body, size_t len)
+{
+    cms_buf b;
+
+    b.data = (char *)body;
+    b.len = len;
+    if (!decode_json(L, CJSON_UPVALUE, &b))
+        return 0;
+    lua_pop(L, 1);
+    return 1;
+}
+
 /* cmsrec.classify(status, headers, body[, eof]) -> format | nil | nil, err */
 static int l_classify(lua_State *L)
 {
@@ -1694,6 +1753,12 @@ static int l_classify(lua_State *L)
         if (len > 0 && fmt != CMS_FMT_JSON && fmt != CMS_FMT_TEXT) {
             scratch_release(L, 5);
             lua_pushstring(L, cms_format_name(fmt));
+            return 1;
+        }
+        if (fmt == CMS_FMT_JSON && !eof && len < CMS_ERROR_BODY_MAX &&
+            !json_complete(L, body, len)) {
+            scratch_release(L, 5);
+            lua_pushnil(L); /* an error for sure, but its kind is in the rest */
             return 1;
         }
     }

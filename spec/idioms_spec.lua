@@ -203,6 +203,70 @@ describe("client:reader and client:chunks", function()
     assert.equal(mock.expect("wav-3000").sha256, H.sha256(data))
   end)
 
+  it("closed before the end, it says so: nil, err, never a clean end", function()
+    local reader = assert(client:reader({ callID = "wav-3000000" }))
+    assert.is_string(reader())
+    reader:close()
+    local chunk, err = reader()
+    assert.is_nil(chunk)
+    assert.equal("cancelled", err.kind)
+    assert.matches("closed before the end", err.message)
+    local ok, perr = ltn12.pump.all(reader, (ltn12.sink.table({})))
+    assert.is_nil(ok)
+    assert.equal("cancelled", perr.kind)
+  end)
+
+  it("a recording complete but not read to its end survives the client's next request", function()
+    local reader = assert(client:reader({ callID = "wav-100" }))
+    local data = ""
+    repeat data = data .. assert(reader()) until #data == 100 -- all came, the end not read
+    assert.is_string(client:download({ callID = "wav-200" }))
+    assert.is_nil(reader()) -- the end, not an error
+    assert.equal(mock.expect("wav-100").sha256, reader:info().sha256)
+  end)
+
+  it("prepare, and calls refused for their arguments, leave an open reader alone", function()
+    local reader = assert(client:reader({ callID = "wav-300000" }))
+    local parts = { reader() }
+    assert(client:prepare({ callID = "1" }))
+    assert.is_false(pcall(client.download, client, "not a table"))
+    assert.is_false(pcall(client.reader, client, { callID = "1" }, { nope = 1 }))
+    for chunk in reader do parts[#parts + 1] = chunk end
+    assert.equal(mock.expect("wav-300000").sha256, H.sha256(table.concat(parts)))
+  end)
+
+  it("shares one connection with download, and never takes a stray answer for its own", function()
+    local want20, want30 = mock.expect("wav-20000").sha256, mock.expect("wav-30000").sha256
+    mock.reset() -- (mock.expect and mock.stats use connections of their own)
+    local got = {}
+    for _ = 1, 3 do
+      local parts = {}
+      for chunk in client:chunks({ callID = "wav-20000" }) do parts[#parts + 1] = chunk end
+      got[#got + 1] = table.concat(parts)
+      got[#got + 1] = client:download{ callID = "wav-30000" }
+    end
+    assert.equal(1, mock.stats().connections)
+    for i = 1, 6, 2 do
+      assert.equal(want20, H.sha256(got[i]))
+      assert.equal(want30, H.sha256(got[i + 1]))
+    end
+    -- extra-N sends an unrequested second answer (wav-(N+1)) 0.3 s later
+    for _, first in ipairs{ "reader", "download" } do
+      for _, second in ipairs{ "reader", "download" } do
+        local function get(how, id)
+          if how == "download" then return client:download{ callID = id } end
+          local parts = {}
+          for chunk in client:chunks({ callID = id }) do parts[#parts + 1] = chunk end
+          return table.concat(parts)
+        end
+        assert.equal(mock.expect("extra-5000").sha256, H.sha256(get(first, "extra-5000")))
+        os.execute("sleep 0.6")
+        assert.equal(mock.expect("wav-2000").sha256, H.sha256(get(second, "wav-2000")),
+          first .. " then " .. second)
+      end
+    end
+  end)
+
   it("on_progress runs while reading and can cancel", function()
     local calls = 0
     local reader = assert(client:reader({ callID = "stall-3" }, {
@@ -286,6 +350,16 @@ describe("client:prepare and cmsrec.classify", function()
     assert.is_nil(fmt)
     assert.equal("protocol", err.kind)
     assert.equal("zip", cmsrec.classify(200, {}, "PK\3\4\20\0\0\0\8\0\0\0\0\0"))
+  end)
+
+  it("waits for the rest of a JSON error before naming its kind", function()
+    local body = '{"resultCode":"1","resultDesc":"Record List is empty"}'
+    assert.is_nil(cmsrec.classify(200, {}, body:sub(1, 20)))
+    assert.equal(1, select("#", cmsrec.classify(200, {}, body:sub(1, 20))))
+    local _, err = cmsrec.classify(200, {}, body)
+    assert.equal("api", err.kind)
+    _, err = cmsrec.classify(200, {}, body:sub(1, 20), true)
+    assert.equal("protocol", err.kind) -- cut short for good
   end)
 
   it("reads the status, Retry-After and Content-Encoding", function()

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_FAILED_INIT;
@@ -75,7 +76,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         memcpy(ctx->resp->content_type, v, vlen);
         ctx->resp->content_type[vlen] = '\0';
     } else if (strncasecmp(p, "content-encoding:", 17) == 0) {
-        ctx->encoded = !(vlen == 8 && strncasecmp(v, "identity", 8) == 0);
+        ctx->encoded = vlen && !(vlen == 8 && strncasecmp(v, "identity", 8) == 0);
     } else if (strncasecmp(p, "retry-after:", 12) == 0 && vlen && vlen < 10 &&
                v[0] >= '0' && v[0] <= '9') {
         ctx->resp->retry_after = strtol(v, NULL, 10); /* the HTTP-date form is ignored */
@@ -268,6 +269,83 @@ static int is_retryable_network(CURLcode rc)
     }
 }
 
+void cms_conn_set_init(cms_conn_set *s)
+{
+    s->fds = NULL;
+    s->n = s->cap = 0;
+}
+
+void cms_conn_set_free(cms_conn_set *s)
+{
+    free(s->fds);
+    cms_conn_set_init(s);
+}
+
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    cms_conn_set *s = ud;
+    curl_socket_t fd;
+
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKET_BAD;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 8;
+        curl_socket_t *fds = realloc(s->fds, cap * sizeof *fds);
+        if (!fds)
+            return CURL_SOCKET_BAD;
+        s->fds = fds;
+        s->cap = cap;
+    }
+    /* close-on-exec: a CLI child or a forked nginx worker must not inherit it */
+    fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd != CURL_SOCKET_BAD)
+        s->fds[s->n++] = fd;
+    return fd;
+}
+
+static int close_socket(void *ud, curl_socket_t fd)
+{
+    cms_conn_set *s = ud;
+    size_t i;
+
+    for (i = 0; i < s->n; i++)
+        if (s->fds[i] == fd) {
+            s->fds[i] = s->fds[--s->n];
+            break;
+        }
+    return close(fd);
+}
+
+/* A socket with bytes (or EOF) waiting while idle is shut down, so libcurl
+   sees the connection dead and opens a new one; the descriptor stays
+   libcurl's to close. */
+static void drop_if_unclean(curl_socket_t sock)
+{
+    struct pollfd p;
+
+    p.fd = sock;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, 0) > 0)
+        shutdown(sock, SHUT_RDWR);
+}
+
+/* An idle kept-alive connection must have nothing to read (see cms_conn_set). */
+static void drop_unclean_connections(CURL *h, const cms_conn_set *conns)
+{
+    curl_socket_t sock = CURL_SOCKET_BAD;
+    size_t i;
+
+    if (conns) {
+        for (i = 0; i < conns->n; i++)
+            drop_if_unclean(conns->fds[i]);
+        return;
+    }
+    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock) == CURLE_OK &&
+        sock != CURL_SOCKET_BAD)
+        drop_if_unclean(sock);
+}
+
 static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char *url,
                             struct curl_slist *headers, const char *body,
                             size_t body_len, transfer_ctx *ctx)
@@ -281,6 +359,12 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     SET(CURLOPT_URL, url);
     SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
     SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
+    if (cfg->conns) {
+        SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
+        SET(CURLOPT_OPENSOCKETDATA, cfg->conns);
+        SET(CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+        SET(CURLOPT_CLOSESOCKETDATA, cfg->conns);
+    }
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     if (cfg->no_reuse) {
         SET(CURLOPT_FRESH_CONNECT, 1L);
@@ -383,28 +467,6 @@ static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char 
     return -1;
 }
 
-/*
- * An idle kept-alive connection must have nothing to read: bytes there are an
- * answer nobody asked for (a broken gateway), which libcurl 7.x would take as
- * the answer to the next request, one call's recording given for another's.
- * Shutting the socket down makes libcurl see the connection dead and open a
- * new one; the descriptor stays libcurl's to close.
- */
-static void drop_unclean_connection(CURL *h)
-{
-    curl_socket_t sock = CURL_SOCKET_BAD;
-    struct pollfd p;
-
-    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock) != CURLE_OK ||
-        sock == CURL_SOCKET_BAD)
-        return;
-    p.fd = sock;
-    p.events = POLLIN;
-    p.revents = 0;
-    if (poll(&p, 1, 0) > 0)
-        shutdown(sock, SHUT_RDWR);
-}
-
 int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
                        const char *url, struct curl_slist *headers, const char *body,
                        size_t body_len, const cms_transfer_io *io, cms_response *resp,
@@ -419,7 +481,7 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     t->err = err;
     t->url = url;
     /* last_progress stays zero: the first report comes as soon as the recording starts */
-    drop_unclean_connection(h);
+    drop_unclean_connections(h, cfg->conns);
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, t);
     if (rc == CURLE_OK)
@@ -444,6 +506,34 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
     if (t->route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(t) != 0)
         return -1;
     return 0;
+}
+
+int cms_transfer_perform(cms_transfer *t, CURLM *m)
+{
+    CURLcode rc = CURLE_FAILED_INIT;
+    CURLMcode mc;
+    CURLMsg *msg;
+    int running = 1, left;
+
+    if (curl_multi_add_handle(m, t->h) != CURLM_OK) {
+        curl_easy_setopt(t->h, CURLOPT_ERRORBUFFER, NULL);
+        return cms_error_set(t->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+    }
+    do {
+        mc = curl_multi_perform(m, &running);
+        if (mc == CURLM_OK && running) /* libcurl's own timers shorten the wait */
+            mc = curl_multi_poll(m, NULL, 0, 1000, NULL);
+    } while (mc == CURLM_OK && running);
+    while ((msg = curl_multi_info_read(m, &left)) != NULL)
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == t->h)
+            rc = msg->data.result;
+    curl_multi_remove_handle(m, t->h);
+    if (mc != CURLM_OK && !t->failed) {
+        curl_easy_setopt(t->h, CURLOPT_ERRORBUFFER, NULL);
+        return cms_error_set(t->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
+                             "libcurl failed: %s", curl_multi_strerror(mc));
+    }
+    return cms_transfer_finish(t, rc);
 }
 
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,

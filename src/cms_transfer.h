@@ -30,6 +30,24 @@
 
 #define CMS_ERROR_BODY_MAX (64 * 1024)
 
+/*
+ * The sockets of one client's connections, opened and closed through
+ * libcurl's socket callbacks. Before a transfer every one of them is idle,
+ * so one with bytes waiting holds an answer nobody asked for (a broken
+ * gateway), which libcurl would take as the answer to the next request: it
+ * is shut down, and libcurl opens a new connection. Tracking the sockets
+ * (rather than asking libcurl for the last one) covers every pool a client
+ * uses, its easy handle's and its multi handle's.
+ */
+typedef struct cms_conn_set {
+    curl_socket_t *fds;
+    size_t n, cap;
+} cms_conn_set;
+
+void cms_conn_set_init(cms_conn_set *s);
+/* Frees the list; the sockets are libcurl's (closed by its cleanup). */
+void cms_conn_set_free(cms_conn_set *s);
+
 typedef struct cms_transfer_config {
     const char *cafile;
     const char *capath;
@@ -41,6 +59,8 @@ typedef struct cms_transfer_config {
     long timeout_ms;          /* whole transfer, 0 = none */
     long connect_timeout_ms;  /* 0 = libcurl's default */
     long stall_timeout_s;     /* give up when no byte came for this long, 0 = never */
+    cms_conn_set *conns;      /* the client's sockets, may be NULL (then only the
+                                 easy handle's last connection is checked) */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
@@ -126,6 +146,9 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
                        cms_error *err);
 /* The outcome of a started transfer that libcurl ended with `rc`. */
 int cms_transfer_finish(cms_transfer *t, CURLcode rc);
+/* Run a started transfer to its end on the multi handle `m`, then finish it:
+   the client's connections stay in `m`'s pool, shared with its readers. */
+int cms_transfer_perform(cms_transfer *t, CURLM *m);
 
 /* Map a libcurl failure to an error kind (exposed for the unit tests). */
 cms_error_kind cms_curl_error_kind(CURLcode rc);
