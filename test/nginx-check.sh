@@ -20,7 +20,6 @@
 # stopped, and the directory removed, however the script ends.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-top=$(pwd)
 SLOW=2          # seconds each slow download takes (mock: slowwav-S)
 PING_MAX=0.050  # seconds: /ping must answer faster than this during downloads
 SK=mock-sk-0123456789abcdef
@@ -96,6 +95,11 @@ if [ -z "$mock_port" ]; then
     finish
 fi
 cp "$work/mock/ca.pem" "$work/ca.pem" && chmod 644 "$work/ca.pem"
+# The workers run as $WORKER_USER: they get copies they can read wherever the
+# checkout is (a CI clone lives in a directory only its owner may enter).
+mkdir -p "$work/lua" "$work/lib" &&
+    cp examples/openresty/lua/*.lua "$work/lua/" && cp build/luajit/cmsrec.so "$work/lib/" &&
+    chmod -R a+rX "$work/lua" "$work/lib" || exit 2
 
 expect_sha() { # the sha256 of the mock's success body for callID $1
     python3 test/mockctl.py "$work/mock" expect "$1" |
@@ -125,8 +129,8 @@ start_nginx() {
     python3 test/nginx/render.py "$src" "$prefix/conf/nginx.conf" \
         "worker_processes auto;" "worker_processes 1;" \
         "listen 127.0.0.1:8080;" "listen 127.0.0.1:$port;" \
-        "/usr/local/share/cmsrec/openresty/?.lua" "$top/examples/openresty/lua/?.lua" \
-        "/usr/local/lib/lua/5.1/?.so" "$top/build/luajit/?.so" \
+        "/usr/local/share/cmsrec/openresty/?.lua" "$work/lua/?.lua" \
+        "/usr/local/lib/lua/5.1/?.so" "$work/lib/?.so" \
         "$@" >"$prefix/render.log" 2>&1 || { diag <"$prefix/render.log"; return 1; }
     # timeout: should this script be killed outright, nginx still ends (as the mock does)
     env CMSREC_URL="https://127.0.0.1:$mock_port" CMSREC_AK=mock-ak CMSREC_SK="$SK" \

@@ -13,26 +13,14 @@ local web = require "cmsrec_web"
 local M = {}
 
 function M.handler()
-  local req, err = web.request()
-  if not req then return web.fail(err) end
-  local c, cerr = web.client()
-  if not c then return web.fail(cerr) end
-  local prep
-  prep, err = c:prepare(req)
-  if not prep then return web.fail(err, req.callID) end
-
-  local h = prep.headers
+  local req, vars = web.prepare()
+  if not req then return end -- answered
+  local body = vars.cmsrec_body
+  vars.cmsrec_body = nil -- the subrequest's body, not a variable here
   local res = ngx.location.capture("/_cmsrec_upstream", {
     method = ngx.HTTP_POST,
-    body = prep.body,
-    vars = { -- read by proxy_pass and proxy_set_header in /_cmsrec_upstream
-      cmsrec_url = prep.url,
-      cmsrec_host = h["Host"],
-      cmsrec_content_type = h["Content-Type"],
-      cmsrec_content_length = h["Content-Length"],
-      cmsrec_authorization = h["Authorization"],
-      cmsrec_accept_encoding = h["Accept-Encoding"],
-    },
+    body = body,
+    vars = vars, -- read by proxy_pass and proxy_set_header in /_cmsrec_upstream
   })
 
   if res.truncated then
@@ -42,8 +30,7 @@ function M.handler()
   end
   -- A timeout or an unreachable CMS reaches here as nginx's own 504 / 502 page:
   -- classify() makes them kind "http" with that status, like any other non-2xx.
-  local format
-  format, err = cmsrec.classify(res.status, res.header, res.body, true)
+  local format, err = cmsrec.classify(res.status, res.header, res.body, true)
   if not format then
     return web.fail(err or { kind = "protocol", message = "the CMS answer could not be classified" },
                     req.callID)

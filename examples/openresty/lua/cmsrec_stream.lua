@@ -23,21 +23,9 @@ local M = {}
 
 -- access_by_lua: validate and sign; proxy_pass then sends what is set here.
 function M.access()
-  local req, err = web.request()
-  if not req then return web.fail(err) end
-  local c, cerr = web.client()
-  if not c then return web.fail(cerr) end
-  local prep
-  prep, err = c:prepare(req)
-  if not prep then return web.fail(err, req.callID) end
-  local v, h = ngx.var, prep.headers
-  v.cmsrec_url = prep.url
-  v.cmsrec_body = prep.body
-  v.cmsrec_host = h["Host"]
-  v.cmsrec_content_type = h["Content-Type"]
-  v.cmsrec_content_length = h["Content-Length"]
-  v.cmsrec_authorization = h["Authorization"]
-  v.cmsrec_accept_encoding = h["Accept-Encoding"]
+  local req, vars = web.prepare()
+  if not req then return end -- answered
+  for name, value in pairs(vars) do ngx.var[name] = value end
   ngx.ctx.call_id = req.callID -- the filters below act only when this is set
 end
 

@@ -137,4 +137,27 @@ function M.fail(err, call_id)
   return ngx.exit(ngx.HTTP_OK) -- the status is sent already: OK ends the request as is
 end
 
+-- Way 1: the browser's request validated and signed (the SK stays in C), as the
+-- nginx variables the upstream location reads (proxy_pass, proxy_set_header).
+-- Returns the request and those variables, or nothing after answering the error.
+function M.prepare()
+  local req, err = M.request()
+  if not req then return M.fail(err) end
+  local c, cerr = M.client()
+  if not c then return M.fail(cerr) end
+  local prep
+  prep, err = c:prepare(req)
+  if not prep then return M.fail(err, req.callID) end
+  local h = prep.headers
+  return req, {
+    cmsrec_url = prep.url,
+    cmsrec_body = prep.body,
+    cmsrec_host = h["Host"],
+    cmsrec_content_type = h["Content-Type"],
+    cmsrec_content_length = h["Content-Length"],
+    cmsrec_authorization = h["Authorization"],
+    cmsrec_accept_encoding = h["Accept-Encoding"],
+  }
+end
+
 return M
