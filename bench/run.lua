@@ -69,6 +69,19 @@ run("to a Lua sink, 200 MB (bytes counted)", [[
     kb("VmHWM") / 1024))
 ]])
 
+run("pull-style reader, 200 MB (chunks counted)", [[
+  local n, chunks, biggest, t0 = 0, 0, 0, now()
+  local reader = assert(client:reader{ callID = "wav-200000000" })
+  for chunk in reader do
+    n, chunks = n + #chunk, chunks + 1
+    if #chunk > biggest then biggest = #chunk end
+  end
+  local dt = now() - t0
+  assert(n == reader:info().bytes)
+  print(("RESULT %.2f s, %.0f MB/s, peak RSS %.1f MB, %d chunks, largest %d KB"):format(dt,
+    n / dt / 1e6, kb("VmHWM") / 1024, chunks, math.floor(biggest / 1024)))
+]])
+
 run("download_file + unzip, zip-50 (50 WAVs)", ([[
   local t0 = now()
   local info = assert(client:download_file({ callID = "zip-50" }, %q, { unzip = true }))
