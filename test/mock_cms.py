@@ -82,6 +82,8 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
 
+Every accepted socket (all ports) has TCP_NODELAY: no 40 ms delayed-ACK stalls.
+
 Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
 of the success body of ID), /_mock/reset.
 """
@@ -453,7 +455,7 @@ class State:
 
 class MockServer(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 64
+    request_queue_size = 256  # listen backlog: bursts of 64+ parallel connects
 
     def __init__(self, state, scheme, ssl_ctx=None):
         self.state, self.scheme, self.ssl_ctx = state, scheme, ssl_ctx
@@ -465,6 +467,8 @@ class MockServer(ThreadingHTTPServer):
 
     def get_request(self):
         sock, addr = super().get_request()
+        # before the handshake: a small write must not wait for a delayed ACK
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.state.count_connection()
         if self.ssl_ctx:  # TLS handshake happens later, in the handler thread
             sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
