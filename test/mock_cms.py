@@ -82,10 +82,22 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
 
+Every request but the control ones (any path, any method) is first held for
+latency_ms (see /_mock/set) before its status line; request bodies are read after it.
 Every accepted socket (all ports) has TCP_NODELAY: no 40 ms delayed-ACK stalls.
 
 Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
-of the success body of ID), /_mock/reset.
+of the success body of ID), /_mock/reset, /_mock/set?latency_ms=MS (0 <= MS <= 60000,
+may be fractional; answers the settings; reset puts it back to 0).
+
+/_mock/stats (JSON; reset clears every counter, a setting goes back to its default):
+  requests          POSTs to the API path (auth failures included)
+  connections       TCP connections accepted on all ports (control connections too)
+  auth_failures     requests answered 401 by the signature check
+  last              the last API request: method, path, headers, body, auth_ok,
+                    auth_error, callID, canonical_request
+  bigerror_sent     see bigerror; extra_sent: see extra-N
+  latency_ms        the current setting
 """
 import argparse
 import datetime
@@ -127,6 +139,7 @@ ZIPBIG_MB = 512            # largest zipbig-M member size
 TRICKLE_STEP = 0.1         # seconds between the pieces of slowjson-S / slow503-S
 EXTRA_DELAY = 0.3          # seconds before the unrequested response of extra-N
 HTTP09 = b"RIFF\x24\x00\x00\x00WAVEhello, no status line"
+MAX_LATENCY_MS = 60000     # largest latency_ms setting
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
 SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
@@ -406,6 +419,7 @@ class State:
             self.requests = self.connections = self.auth_failures = 0
             self.last = self.bigerror_sent = None
             self.extra_sent = 0
+            self.latency_ms = 0
 
     def count_connection(self):
         with self.lock:
@@ -429,7 +443,12 @@ class State:
         with self.lock:
             return {"requests": self.requests, "connections": self.connections,
                     "auth_failures": self.auth_failures, "last": self.last,
-                    "bigerror_sent": self.bigerror_sent, "extra_sent": self.extra_sent}
+                    "bigerror_sent": self.bigerror_sent, "extra_sent": self.extra_sent,
+                    "latency_ms": self.latency_ms}
+
+    def settings(self):
+        with self.lock:
+            return {"latency_ms": self.latency_ms}
 
     def log(self, line):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
@@ -503,7 +522,10 @@ class Handler(BaseHTTPRequestHandler):
         self.target = self.requestline.split()[1]
         path = self.target.split("?", 1)[0]
         try:
-            if path.startswith("/_mock/"):
+            control, latency = path.startswith("/_mock/"), self.server.state.latency_ms
+            if latency and not control:  # the server's "processing time"
+                time.sleep(latency / 1000)
+            if control:
                 self._control(path)
             elif not path.endswith(API_SUFFIX):
                 self._reply(404, {"error": "not found"})
@@ -628,6 +650,18 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_mock/reset":
             state.reset()
             return self._reply(200, {"ok": True})
+        if path == "/_mock/set":
+            query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+            unknown = sorted(set(query) - {"latency_ms"})
+            if unknown:
+                return self._reply(400, {"error": "unknown setting: " + ", ".join(unknown)})
+            if "latency_ms" in query:
+                value = query["latency_ms"][-1]
+                if not NUM_RE.fullmatch(value) or float(value) > MAX_LATENCY_MS:
+                    return self._reply(400, {"error": f"latency_ms: want 0..{MAX_LATENCY_MS}"})
+                with state.lock:
+                    state.latency_ms = int(value) if value.isdigit() else float(value)
+            return self._reply(200, state.settings())
         if path == "/_mock/expect":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
             self._cid = query.get("callID", [""])[0]

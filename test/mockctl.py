@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Query a running mock CMS (test/mock_cms.py) over its plain-HTTP control port.
 
-usage: mockctl.py STATE_DIR stats|reset|expect CALLID
+usage: mockctl.py STATE_DIR stats|reset|expect CALLID|set NAME VALUE
+  stats           the counters (/_mock/stats)
+  reset           clear them, settings back to their defaults (/_mock/reset)
+  expect CALLID   size and sha256 of the success body of CALLID (/_mock/expect)
+  set NAME VALUE  change a setting, e.g. `set latency_ms 20` (/_mock/set)
 Prints the JSON answer. Used by the specs, which have no HTTP client of their own.
+An error answer goes to stderr, and the exit status is 1.
 """
 import json
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -17,8 +23,15 @@ def main():
     path = {"stats": "/_mock/stats", "reset": "/_mock/reset"}.get(cmd)
     if cmd == "expect":
         path = "/_mock/expect?callID=" + urllib.parse.quote(sys.argv[3])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        sys.stdout.write(r.read().decode())
+    if cmd == "set":
+        path = "/_mock/set?" + urllib.parse.urlencode({sys.argv[3]: sys.argv[4]})
+    if path is None:
+        sys.exit(__doc__.split("\n\n")[1])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            sys.stdout.write(r.read().decode())
+    except urllib.error.HTTPError as exc:
+        sys.exit(f"mockctl: HTTP {exc.code}: {exc.read().decode()}")
 
 
 if __name__ == "__main__":
