@@ -98,8 +98,20 @@ may be fractional; answers the settings; reset puts it back to 0).
                     auth_error, callID, canonical_request
   bigerror_sent     see bigerror; extra_sent: see extra-N
   latency_ms        the current setting
+  https_connections TCP connections accepted on the HTTPS port (https_port only)
+  handshakes        TLS handshakes completed on the HTTPS port
+  resumed           of those, the ones that resumed a session (session_reused)
+  open              HTTPS-port connections open now (accepted before a reset too)
+  max_open          the peak of HTTPS-port connections open at once, counting only
+                    those accepted since the last reset
+  request_times     time.monotonic() (float seconds) at which each of the last 2000
+                    API POSTs was received, oldest first: for rate limits (compare
+                    differences only; the clock is the server's)
+  per_call          {callID: number of API POSTs that carried it} (401s included)
+  per_call_times    {callID: [the receive times of its last 100 POSTs]}: for backoff
 """
 import argparse
+import collections
 import datetime
 import difflib
 import gzip
@@ -140,6 +152,8 @@ TRICKLE_STEP = 0.1         # seconds between the pieces of slowjson-S / slow503-
 EXTRA_DELAY = 0.3          # seconds before the unrequested response of extra-N
 HTTP09 = b"RIFF\x24\x00\x00\x00WAVEhello, no status line"
 MAX_LATENCY_MS = 60000     # largest latency_ms setting
+REQUEST_TIMES = 2000       # receive times kept in stats.request_times
+PER_CALL_TIMES = 100       # receive times kept per callID in stats.per_call_times
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
 SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
@@ -412,6 +426,8 @@ class State:
         self.lock = threading.Lock()
         self.log_file = open(log_path, "a", encoding="utf-8", buffering=1)
         self.expect_cache = {}
+        self.epoch = 0      # bumped by reset: max_open counts this epoch's connections only
+        self.open = 0       # HTTPS-port connections open now, whatever their epoch
         self.reset()
 
     def reset(self):
@@ -420,10 +436,35 @@ class State:
             self.last = self.bigerror_sent = None
             self.extra_sent = 0
             self.latency_ms = 0
+            self.https_connections = self.handshakes = self.resumed = 0
+            self.epoch += 1
+            self.open_epoch = self.max_open = 0
+            self.request_times = collections.deque(maxlen=REQUEST_TIMES)
+            self.per_call, self.per_call_times = {}, {}
 
     def count_connection(self):
         with self.lock:
             self.connections += 1
+
+    def open_https(self):
+        """A connection accepted on the HTTPS port: its epoch, for close_https."""
+        with self.lock:
+            self.https_connections += 1
+            self.open += 1
+            self.open_epoch += 1
+            self.max_open = max(self.max_open, self.open_epoch)
+            return self.epoch
+
+    def close_https(self, epoch):
+        with self.lock:
+            self.open -= 1
+            if epoch == self.epoch:
+                self.open_epoch -= 1
+
+    def count_handshake(self, resumed):
+        with self.lock:
+            self.handshakes += 1
+            self.resumed += bool(resumed)
 
     def record(self, handler, body, cid, err, canon, checked=True):
         last = {"method": handler.command, "path": handler.target,
@@ -438,13 +479,26 @@ class State:
             self.requests += 1
             self.auth_failures += checked and err is not None
             self.last = last
+            self.request_times.append(handler.received)
+            if cid is not None:
+                self.per_call[cid] = self.per_call.get(cid, 0) + 1
+                times = self.per_call_times.setdefault(cid, [])
+                times.append(handler.received)
+                del times[:-PER_CALL_TIMES]
 
     def snapshot(self):
         with self.lock:
             return {"requests": self.requests, "connections": self.connections,
                     "auth_failures": self.auth_failures, "last": self.last,
                     "bigerror_sent": self.bigerror_sent, "extra_sent": self.extra_sent,
-                    "latency_ms": self.latency_ms}
+                    "latency_ms": self.latency_ms,
+                    "https_connections": self.https_connections,
+                    "handshakes": self.handshakes, "resumed": self.resumed,
+                    "open": self.open, "max_open": self.max_open,
+                    # sorted: taken on arrival, appended when recorded (threads race)
+                    "request_times": sorted(self.request_times),
+                    "per_call": dict(self.per_call),
+                    "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()}}
 
     def settings(self):
         with self.lock:
@@ -476,8 +530,9 @@ class MockServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of 64+ parallel connects
 
-    def __init__(self, state, scheme, ssl_ctx=None):
-        self.state, self.scheme, self.ssl_ctx = state, scheme, ssl_ctx
+    def __init__(self, state, scheme, ssl_ctx=None, main=False):
+        """main: the HTTPS port, whose connections and handshakes are counted."""
+        self.state, self.scheme, self.ssl_ctx, self.main = state, scheme, ssl_ctx, main
         super().__init__(("127.0.0.1", 0), Handler)
 
     def server_bind(self):  # skip HTTPServer's slow getfqdn() lookup
@@ -491,7 +546,18 @@ class MockServer(ThreadingHTTPServer):
         self.state.count_connection()
         if self.ssl_ctx:  # TLS handshake happens later, in the handler thread
             sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        if self.main:
+            sock.mock_epoch = self.state.open_https()
         return sock, addr
+
+    def shutdown_request(self, request):
+        """Called once per accepted connection, however its handler ended."""
+        try:
+            super().shutdown_request(request)
+        finally:
+            epoch = request.__dict__.pop("mock_epoch", None)
+            if epoch is not None:
+                self.state.close_https(epoch)
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -509,6 +575,8 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.do_handshake()
+            if self.server.main:
+                self.server.state.count_handshake(self.connection.session_reused)
 
     def log_request(self, code="-", size="-"):
         self._status = int(code) if isinstance(code, int) else code
@@ -517,6 +585,7 @@ class Handler(BaseHTTPRequestHandler):
         self.server.state.log(f"{self.server.scheme} {fmt % args}")
 
     def do_GET(self):
+        self.received = time.monotonic()
         self._status, self._cid, self._note, self._body_read = "-", None, "", False
         # self.path has leading "//" collapsed by http.server: use the raw request target
         self.target = self.requestline.split()[1]
@@ -928,7 +997,7 @@ def main(argv=None):
     ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
     wrong = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     wrong.load_cert_chain(os.path.join(d, "wrongname.pem"), os.path.join(d, "wrongname.key"))
-    servers = [MockServer(state, "https", ctx), MockServer(state, "http"),
+    servers = [MockServer(state, "https", ctx, main=True), MockServer(state, "http"),
                MockServer(state, "https", wrong)]
     state.https_port = servers[0].server_address[1]
     for srv in servers:
