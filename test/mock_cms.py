@@ -78,6 +78,16 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
   bigheader         200 the notfound answer with a 200000-character X-Filler header
   slowwav-S         200 the bytes of wav-160044 (Content-Length), trickled in pieces
                     0.1 s apart over S (<= 30) s: a recording that is slow to arrive
+  retry-K-H-N       the first K answered requests with this exact callID (counted since
+                    the last reset; a 401 is not counted) fail as H says, the later ones
+                    get the bytes of wav-N (Content-Length; 44 <= N <= 2**32). H is:
+                      flow  200 the flow answer with Retry-After: 1
+                      503   503 {"error":"mock 503"} with Retry-After: 1
+                      429   429 {"error":"mock 429"} with Retry-After: 1
+                      drop  as drop-N: the headers of wav-N, N//2 bytes, abrupt close
+                      slow  sleep 10 s, then wav-N (meant for a client timeout below 10 s)
+                    /_mock/expect gives the size and sha256 of wav-N
+  delay-MS-N        wav-N (44 <= N <= 2**32) after MS (<= 30000) ms, on top of latency_ms
   anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
@@ -151,13 +161,18 @@ ZIPBIG_MB = 512            # largest zipbig-M member size
 TRICKLE_STEP = 0.1         # seconds between the pieces of slowjson-S / slow503-S
 EXTRA_DELAY = 0.3          # seconds before the unrequested response of extra-N
 HTTP09 = b"RIFF\x24\x00\x00\x00WAVEhello, no status line"
+RETRY_AFTER = "1"          # Retry-After of the retry-K-H-N failures
+RETRY_SLOW = 10.0          # seconds retry-K-slow-N holds a failing attempt
 MAX_LATENCY_MS = 60000     # largest latency_ms setting
+MAX_DELAY_MS = 30000       # largest MS of delay-MS-N
 REQUEST_TIMES = 2000       # receive times kept in stats.request_times
 PER_CALL_TIMES = 100       # receive times kept per callID in stats.per_call_times
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", re.ASCII)
 SIG_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
 NUM_RE = re.compile(r"\d+(\.\d+)?", re.ASCII)
+RETRY_RE = re.compile(r"retry-(\d+)-(flow|503|429|drop|slow)-(\d+)", re.ASCII)
+DELAY_RE = re.compile(r"delay-(\d+)-(\d+)", re.ASCII)
 
 
 def result(code, desc):
@@ -404,6 +419,11 @@ def success_body(cid):
     special = special_zip(cid) if cid.startswith(("zip-dirs", "zipbad-", "zipbig-")) else None
     if special is not None:
         return len(special), "application/zip", lambda: iter([special])
+    wrapped = RETRY_RE.fullmatch(cid) or DELAY_RE.fullmatch(cid)
+    if wrapped:  # retry-K-H-N, delay-MS-N: the bytes of wav-N in the end
+        n = int(wrapped.groups()[-1])
+        return (n, "application/octet-stream", lambda: wav_pieces(n)) \
+            if 44 <= n <= MAX_BODY else None
     kind, _, arg = cid.partition("-")
     if not (arg.isascii() and arg.isdigit()):
         return None
@@ -440,7 +460,7 @@ class State:
             self.epoch += 1
             self.open_epoch = self.max_open = 0
             self.request_times = collections.deque(maxlen=REQUEST_TIMES)
-            self.per_call, self.per_call_times = {}, {}
+            self.per_call, self.per_call_times, self.attempts = {}, {}, {}
 
     def count_connection(self):
         with self.lock:
@@ -465,6 +485,12 @@ class State:
         with self.lock:
             self.handshakes += 1
             self.resumed += bool(resumed)
+
+    def attempt(self, cid):
+        """The number of this answer for cid since the last reset (1 for the first)."""
+        with self.lock:
+            n = self.attempts[cid] = self.attempts.get(cid, 0) + 1
+            return n
 
     def record(self, handler, body, cid, err, canon, checked=True):
         last = {"method": handler.command, "path": handler.target,
@@ -876,6 +902,24 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return self._reply(*FIXED["notfound"])
         size, ctype, pieces = body
+        if kind == "retry":
+            k, how = RETRY_RE.fullmatch(cid).group(1, 2)
+            attempt = self.server.state.attempt(cid)
+            if attempt <= int(k):
+                self._note = f" (retry attempt {attempt} of {k}: {how})"
+                if how == "flow":
+                    return self._reply(*FIXED["flow"], headers={"Retry-After": RETRY_AFTER})
+                if how in ("503", "429"):
+                    return self._reply(int(how), {"error": f"mock {how}"},
+                                       headers={"Retry-After": RETRY_AFTER})
+                if how == "drop":
+                    self._stream(size, ctype, pieces(), limit=size // 2)
+                    return self._abort()
+                time.sleep(RETRY_SLOW)  # slow: then the answer, if anyone still listens
+            else:
+                self._note = f" (retry attempt {attempt}: served)"
+        if kind == "delay":
+            time.sleep(min(int(DELAY_RE.fullmatch(cid).group(1)), MAX_DELAY_MS) / 1000)
         if kind == "drop":
             self._stream(size, ctype, pieces(), limit=size // 2)
             return self._abort()
