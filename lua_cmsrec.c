@@ -28,6 +28,7 @@
 #include "src/compat.h"
 #include "src/cms_classify.h"
 #include "src/cms_error.h"
+#include "src/cms_job.h"
 #include "src/cms_request.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
@@ -39,13 +40,14 @@
 #define CMSREC_VERSION "0.1.0"
 #define CMSREC_DEFAULT_PATH "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
 #define CMSREC_DEFAULT_MAX_SIZE (1LL << 30) /* in-memory downloads: 1 GiB */
-#define CMSREC_DEFAULT_UNZIP_MAX (4LL << 30) /* what a bundle may unpack to: 4 GiB */
+#define CMSREC_DEFAULT_RETRIES 2
 #define CMSREC_DEFAULT_STALL_S 120 /* no byte for this long: the transfer is stalled */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
 #define READER_MT "cmsrec.reader"
+#define BATCH_MT "cmsrec.batch"
 #define CJSON_UPVALUE lua_upvalueindex(1)
 
 /* ===== CLIENT ===== */
@@ -66,6 +68,8 @@ typedef struct client {
     size_t sk_len;
     cms_transfer_config tc; /* its strings are owned here */
     long long max_size; /* in-memory downloads */
+    int retries;        /* retries of a failed attempt, by default */
+    cms_rate rate;      /* max_rate: requests per second, client-wide */
     int signed_headers; /* SIGN_* flags */
     int has_authorization;
     int busy;           /* BUSY_*: callbacks must not close or reuse it */
@@ -90,6 +94,9 @@ static void client_release(lua_State *L, client *c)
     if (c->curl)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
+    if (c->tc.share) /* after every handle that used it */
+        curl_share_cleanup(c->tc.share);
+    c->tc.share = NULL;
     cms_conn_set_free(&c->conns);
     if (c->sk) {
         OPENSSL_cleanse(c->sk, c->sk_len);
@@ -214,7 +221,8 @@ static int raw_field(lua_State *L, int idx, const char *key)
 static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
-    "authorization", "allow_http", "max_size", "stall_timeout", "reuse",
+    "authorization", "allow_http", "max_size", "stall_timeout", "reuse", "retries",
+    "max_rate",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -293,6 +301,18 @@ static long opt_seconds(lua_State *L, int idx, const char *what, const char *key
                       "(at most 30 days)", what, key);
     lua_pop(L, 1);
     return n * 1000 < 1 ? 1 : (long)(n * 1000);
+}
+
+/* An integer in [lo, hi], or `dflt` when absent. */
+static int opt_count(lua_State *L, int idx, const char *what, const char *key, int lo, int hi,
+                     int dflt)
+{
+    long long v = dflt;
+    raw_field(L, idx, key);
+    if (!lua_isnil(L, -1) && (!cms_tointeger(L, -1, &v) || v < lo || v > hi))
+        luaL_error(L, "%s: option '%s' must be an integer from %d to %d", what, key, lo, hi);
+    lua_pop(L, 1);
+    return (int)v;
 }
 
 /* Size in bytes: a positive integer (0 when absent). */
@@ -502,6 +522,14 @@ static int l_new(lua_State *L)
     c->tc.connect_timeout_ms = opt_seconds(L, 1, "cmsrec.new", "connect_timeout");
     c->tc.stall_timeout_s = config_stall_timeout(L, 1);
     c->max_size = opt_size(L, 1, "cmsrec.new", "max_size");
+    c->retries = opt_count(L, 1, "cmsrec.new", "retries", 0, 10, CMSREC_DEFAULT_RETRIES);
+    raw_field(L, 1, "max_rate");
+    if (!lua_isnil(L, -1) && !(lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > 0 &&
+                               lua_tonumber(L, -1) <= 1e6))
+        luaL_error(L, "cmsrec.new: option 'max_rate' must be a positive number "
+                      "(requests per second)");
+    c->rate.per_s = lua_isnil(L, -1) ? 0 : (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
     if (!c->max_size)
         c->max_size = CMSREC_DEFAULT_MAX_SIZE;
     if (!c->tc.connect_timeout_ms)
@@ -519,7 +547,9 @@ static int l_new(lua_State *L)
 
     c->tc.conns = &c->conns;
     if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()) ||
-        !(c->multi = curl_multi_init()))
+        !(c->multi = curl_multi_init()) || !(c->tc.share = curl_share_init()) ||
+        curl_share_setopt(c->tc.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) ||
+        curl_share_setopt(c->tc.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS))
         luaL_error(L, "cmsrec.new: libcurl could not be initialised");
     c->closed = 0;
     if (c->tc.insecure) /* loud on purpose: this must never go unnoticed */
@@ -568,26 +598,24 @@ static int l_tostring(lua_State *L)
 typedef struct scratch {
     cms_buf body;
     cms_signature sig;
-    cms_response resp;
     struct curl_slist *headers;
-    cms_mem_sink mem;
-    cms_file_sink file;
-    cms_sha256 sha;     /* of what a Lua sink received */
-    cms_zip_list zip;
+    cms_job job;
 } scratch;
+
+/* Forget the signed request of an attempt: the next one is signed afresh. */
+static void scratch_unsign(scratch *s)
+{
+    cms_buf_free(&s->body);
+    cms_signature_free(&s->sig);
+    curl_slist_free_all(s->headers);
+    s->headers = NULL;
+}
 
 static int scratch_gc(lua_State *L)
 {
     scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
-    cms_buf_free(&s->body);
-    cms_signature_free(&s->sig);
-    cms_response_free(&s->resp);
-    curl_slist_free_all(s->headers);
-    s->headers = NULL;
-    cms_mem_sink_free(&s->mem);
-    cms_file_sink_close(&s->file); /* removes a temporary file left by a failure */
-    cms_sha256_free(&s->sha);
-    cms_zip_list_free(&s->zip);
+    scratch_unsign(s);
+    cms_job_free(&s->job); /* removes a temporary file left by a failure */
     return 0;
 }
 
@@ -597,10 +625,7 @@ static scratch *new_scratch(lua_State *L)
     memset(s, 0, sizeof *s);
     cms_buf_init(&s->body);
     cms_signature_init(&s->sig);
-    cms_response_init(&s->resp);
-    cms_mem_sink_init(&s->mem);
-    s->file.fd = -1;
-    cms_zip_list_init(&s->zip);
+    cms_job_init(&s->job);
     luaL_getmetatable(L, SCRATCH_MT);
     lua_setmetatable(L, -2);
     return s;
@@ -805,49 +830,24 @@ static const char *json_text(lua_State *L, const char *key, char *out, size_t ca
     return t == LUA_TSTRING || t == LUA_TNUMBER ? out : NULL;
 }
 
-/* An answer that is not a recording (resp->sunk == 0): always an error. */
-static int classify_answer(lua_State *L, int cjson, const cms_response *r, cms_error *err)
+/* cms_json_fn for the job: what a JSON answer says, decoded by lua-cjson
+   (the cjson upvalue of the running C function). */
+static int json_fields(void *ud, const char *body, size_t len, cms_json_fields *f)
 {
-    cms_format fmt = cms_sniff((const unsigned char *)r->body.data, r->body.len);
-    int top = lua_gettop(L);
-    char code[32] = "", desc[256] = "";
+    lua_State *L = ud;
+    cms_buf b;
 
-    if (r->status / 100 != 2) {
-        char excerpt[160];
-        const char *detail = excerpt;
-        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
-        if (fmt == CMS_FMT_JSON && !r->truncated && decode_json(L, cjson, &r->body)) {
-            /* CMS results, Spring errors ({message, error}) and gateways */
-            json_text(L, "resultCode", code, sizeof code);
-            detail = json_text(L, "resultDesc", desc, sizeof desc);
-            if (!detail)
-                detail = json_text(L, "message", excerpt, sizeof excerpt);
-            if (!detail)
-                detail = json_text(L, "error", excerpt, sizeof excerpt);
-        }
-        cms_classify_status(r->status, detail, r->retry_after, err);
-        cms_strlcpy(err->result_code, code, sizeof err->result_code);
-        cms_strlcpy(err->result_desc, desc, sizeof err->result_desc);
-    } else if (r->body.len == 0) {
-        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with an empty body",
-                      r->status);
-    } else if (fmt == CMS_FMT_TEXT) {
-        char excerpt[160];
-        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
-        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with text, not a "
-                      "recording: %s", r->status, *excerpt ? excerpt : "(blank)");
-    } else if (!r->truncated && decode_json(L, cjson, &r->body)) {
-        cms_classify_result(r->status, json_text(L, "resultCode", code, sizeof code),
-                            json_text(L, "resultDesc", desc, sizeof desc), err);
-    } else {
-        cms_error_set(err, CMS_E_PROTOCOL,
-                      "the CMS answered a body that starts like JSON but is not a "
-                      "JSON object (%zu bytes%s)", r->body.len, r->truncated ? " or more" : "");
-    }
-    err->status = r->status;
-    err->retry_after = r->retry_after; /* flow control may say when, even at HTTP 200 */
-    lua_settop(L, top);
-    return -1;
+    b.data = (char *)body;
+    b.len = len;
+    b.cap = len;
+    if (!decode_json(L, CJSON_UPVALUE, &b))
+        return -1;
+    json_text(L, "resultCode", f->code, sizeof f->code);
+    json_text(L, "resultDesc", f->desc, sizeof f->desc);
+    if (!json_text(L, "message", f->message, sizeof f->message)) /* Spring, gateways */
+        json_text(L, "error", f->message, sizeof f->message);
+    lua_pop(L, 1);
+    return 0;
 }
 
 /* What one download does with the recording; indices are stack slots or 0. */
@@ -858,6 +858,7 @@ typedef struct dl_plan {
     int on_progress;    /* opts.on_progress */
     int unzip;
     int true_first;     /* download with a sink: true, info */
+    int retries;        /* opts.retries, -1: the client's */
     long long max_size; /* 0 = none */
 } dl_plan;
 
@@ -865,8 +866,6 @@ typedef struct dl_ctx {
     lua_State *L;
     const dl_plan *plan;
     scratch *s;
-    long long reported; /* last `received` given to on_progress, -1 before */
-    int made_dir;       /* unzip made the directory: removed again on failure */
 } dl_ctx;
 
 /* sink(chunk) under lua_pcall: making the chunk string may raise (out of
@@ -889,8 +888,6 @@ static int lua_sink_write(void *ud, const char *p, size_t n, cms_error *err)
     lua_State *L = d->L;
     int failed;
 
-    if (cms_sha256_update(&d->s->sha, p, n) != 0)
-        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
     lua_pushcfunction(L, call_sink);
     lua_pushvalue(L, d->plan->sink);
     lua_pushlightuserdata(L, (void *)p);
@@ -932,7 +929,6 @@ static int lua_progress(void *ud, long long received, long long total, cms_error
     }
     cancel = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
     lua_pop(L, 1);
-    d->reported = received;
     return cancel;
 }
 
@@ -975,128 +971,95 @@ static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
                    build_headers(s, c, auth, err) != 0 ? -1 : 0;
 }
 
-/* unzip = true: a directory, made if missing (its parent must exist), as
-   cmsrec.unzip does; one made here is removed again if the download fails. */
-static int unzip_directory(dl_ctx *d, cms_error *err)
+/* The job of one download, as the plan says. */
+static void job_configure(cms_job *j, const dl_plan *p, dl_ctx *d)
 {
-    const char *dir = d->plan->path;
-    struct stat st;
-    int e;
-
-    if (mkdir(dir, 0777) == 0) {
-        d->made_dir = 1;
-        return 0;
+    j->dest = p->path ? CMS_DEST_FILE : p->sink ? CMS_DEST_SINK : CMS_DEST_MEMORY;
+    j->path = p->path;
+    j->unzip = p->unzip;
+    j->max_size = p->max_size;
+    if (p->sink) {
+        j->sink.write = lua_sink_write;
+        j->sink.ud = d;
     }
-    e = errno;
-    if (e == EEXIST && stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
-        return 0;
-    return cms_error_set(err, CMS_E_IO, "cannot unzip into '%.200s': %s", dir,
-                         e == EEXIST ? "not a directory" : strerror(e));
-}
-
-/* Open the destination before anything is sent: a bad path costs no request. */
-static int open_destination(dl_ctx *d, const char *call_id, cms_transfer_io *io,
-                            cms_error *err)
-{
-    const dl_plan *p = d->plan;
-    scratch *s = d->s;
-
-    memset(io, 0, sizeof *io);
-    io->max_size = p->max_size;
     if (p->on_progress) {
-        io->progress = lua_progress;
-        io->progress_ud = d;
+        j->progress = lua_progress;
+        j->progress_ud = d;
     }
-    if (p->path) {
-        if (p->unzip && unzip_directory(d, err) != 0)
+    j->json = json_fields;
+    j->json_ud = d->L;
+}
+
+/* A fraction in [0, 1) for the backoff's jitter. */
+static double jitter(void)
+{
+    double t = cms_now() * 1e6;
+
+    return (t - 1000.0 * (double)(long long)(t / 1000.0)) / 1000.0;
+}
+
+/* Wait `seconds` (a backoff, or for max_rate), reporting progress (received
+   0) every CMS_PROGRESS_INTERVAL_MS so that the caller can cancel. */
+static int job_wait(cms_job *j, double seconds)
+{
+    double end = cms_now() + seconds, left;
+    struct timespec ts;
+
+    while ((left = end - cms_now()) > 0) {
+        if (left > CMS_PROGRESS_INTERVAL_MS / 1000.0)
+            left = CMS_PROGRESS_INTERVAL_MS / 1000.0;
+        ts.tv_sec = (time_t)left;
+        ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+        nanosleep(&ts, NULL);
+        if (j->progress && j->progress(j->progress_ud, 0, -1, &j->err) != 0) {
+            if (j->err.kind == CMS_OK)
+                cms_error_set(&j->err, CMS_E_CANCELLED, "the download was cancelled");
             return -1;
-        if (cms_file_sink_open(&s->file, p->path, call_id, err) != 0)
-            return -1;
-        s->file.unzip = p->unzip;
-        io->sink = cms_file_sink_callbacks(&s->file);
-    } else if (p->sink) {
-        if (cms_sha256_init(&s->sha) != 0)
-            return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-        io->sink.write = lua_sink_write;
-        io->sink.ud = d;
-    } else {
-        cms_mem_sink_init(&s->mem);
-        io->sink = cms_mem_sink_callbacks(&s->mem);
+        }
     }
     return 0;
 }
 
-/* While a bundle is unpacked on_progress keeps its final figures, and keeps
-   being called, so that it (or Ctrl-C in it) can still cancel. */
-static int unzip_progress(void *ud, long long done, long long total, cms_error *err)
-{
-    dl_ctx *d = ud;
-
-    (void)done, (void)total;
-    return lua_progress(d, d->s->resp.bytes, d->s->resp.total, err);
-}
-
-/* The recording arrived: put it in place (file, unzipped files, sink digest). */
-static int finish_destination(dl_ctx *d, char sha_hex[65], cms_error *err)
+/* One attempt: signed afresh (a new timestamp), paced by max_rate. */
+static int attempt(lua_State *L, client *c, dl_ctx *d)
 {
     scratch *s = d->s;
-    cms_file_sink *f = &s->file;
-
-    /* the final report may still cancel (Ctrl-C lands where it lands): nothing
-       has been committed, unpacked or returned yet */
-    if (d->plan->on_progress && d->reported != s->resp.bytes &&
-        lua_progress(d, s->resp.bytes, s->resp.total, err) != 0) {
-        if (err->kind == CMS_OK)
-            cms_error_set(err, CMS_E_CANCELLED, "the download was cancelled");
-        return -1;
-    }
-    if (d->plan->sink)
-        return cms_sha256_final_hex(&s->sha, sha_hex) == 0
-                   ? 0 : cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
-    if (!d->plan->path)
-        return 0;
-    if (d->plan->unzip && s->resp.format == CMS_FMT_ZIP) {
-        cms_zip_progress progress;
-        cms_zip_source src;
-        src.data = NULL;
-        src.len = 0;
-        src.path = NULL;
-        src.fd = cms_file_sink_fd(f);
-        if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
-            return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
-        memcpy(sha_hex, f->sha256, 65);
-        memset(&progress, 0, sizeof progress);
-        progress.fn = d->plan->on_progress ? unzip_progress : NULL;
-        progress.ud = d;
-        clock_gettime(CLOCK_MONOTONIC, &progress.last); /* the final report just came */
-        /* the archive stays a temporary file: cms_file_sink_close removes it */
-        return cms_zip_extract(&src, f->dir, d->plan->max_size ? d->plan->max_size
-                                                                : CMSREC_DEFAULT_UNZIP_MAX,
-                               &progress, &s->zip, err);
-    }
-    if (cms_file_sink_commit(f, err) != 0)
-        return -1;
-    memcpy(sha_hex, f->sha256, 65);
-    return 0;
-}
-
-static int download_steps(lua_State *L, client *c, dl_ctx *d, char sha_hex[65],
-                          cms_error *err)
-{
-    scratch *s = d->s;
+    cms_job *j = &s->job;
     const char *call_id;
-    cms_transfer_io io;
-    cms_transfer t;
 
-    if (prepare_request(L, c, s, d->plan->req, &call_id, err) != 0 ||
-        open_destination(d, call_id, &io, err) != 0 ||
-        cms_transfer_start(&t, c->curl, &c->tc, c->url, s->headers, s->body.data,
-                           s->body.len, &io, &s->resp, err) != 0 ||
-        cms_transfer_perform(&t, c->multi) != 0)
+    scratch_unsign(s);
+    if (prepare_request(L, c, s, d->plan->req, &call_id, &j->err) != 0)
         return -1;
-    if (!s->resp.sunk)
-        return classify_answer(L, CJSON_UPVALUE, &s->resp, err);
-    return finish_destination(d, sha_hex, err);
+    j->call_id = call_id; /* on the stack until the download returns */
+    if (c->rate.per_s > 0 && job_wait(j, cms_rate_wait(&c->rate, cms_now())) != 0)
+        return -1;
+    cms_rate_take(&c->rate, cms_now());
+    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
+        return -1;
+    return cms_job_finish(j, cms_transfer_run(&j->t, c->multi));
+}
+
+/* Attempts until one succeeds or the retry policy says no more. */
+static int run_attempts(lua_State *L, client *c, dl_ctx *d)
+{
+    cms_job *j = &d->s->job;
+    cms_retry_policy policy;
+    long delay;
+
+    policy.retries = d->plan->retries >= 0 ? d->plan->retries : c->retries;
+    policy.base_ms = CMS_RETRY_BASE_MS;
+    policy.max_ms = CMS_RETRY_MAX_MS;
+    policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    for (;;) {
+        if (attempt(L, c, d) == 0)
+            return 0;
+        delay = cms_retry_delay(&policy, &j->err, j->attempts, j->visible > 0, jitter());
+        if (delay < 0)
+            return -1;
+        cms_job_reset(j);
+        if (job_wait(j, delay / 1000.0) != 0)
+            return -1;
+    }
 }
 
 static void push_info(lua_State *L, const cms_response *r)
@@ -1128,13 +1091,14 @@ static void push_zip_list(lua_State *L, const cms_zip_list *l, int with_data)
     }
 }
 
-static const char *const download_opts[] = {"max_size", "on_progress", "sink"};
-static const char *const file_opts[] = {"max_size", "on_progress", "sink", "unzip"};
+static const char *const download_opts[] = {"max_size", "on_progress", "sink", "retries"};
+static const char *const file_opts[] = {"max_size", "on_progress", "sink", "unzip", "retries"};
 
 /* Read the opts table at `idx` (may be none or nil) into `p`. */
 static void read_opts(lua_State *L, int idx, const char *what, const char *const *keys,
                       size_t nkeys, dl_plan *p)
 {
+    p->retries = -1;
     if (lua_isnoneornil(L, idx))
         return;
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -1144,6 +1108,7 @@ static void read_opts(lua_State *L, int idx, const char *what, const char *const
     p->on_progress = opt_function(L, idx, what, "on_progress");
     p->sink = opt_function(L, idx, what, "sink");
     p->unzip = opt_boolean(L, idx, what, "unzip");
+    p->retries = opt_count(L, idx, what, "retries", 0, 10, -1);
 }
 
 /*
@@ -1178,58 +1143,70 @@ static int end_sink(lua_State *L, int sink, int rc, cms_error *err)
     return rc;
 }
 
+/* The info table of a finished job (files too when it unpacked). */
+static void push_job_info(lua_State *L, const cms_job *j)
+{
+    push_info(L, &j->resp);
+    set_int_field(L, "attempts", j->attempts);
+    if (*j->sha256)
+        set_str_field(L, "sha256", j->sha256);
+    if (j->dest == CMS_DEST_FILE && j->file.path)
+        set_str_field(L, "path", j->file.path);
+    if (!j->unzip)
+        return;
+    if (j->zip.n || j->resp.format == CMS_FMT_ZIP)
+        push_zip_list(L, &j->zip, 0);
+    else { /* not a bundle: the one file, listed the same way */
+        const char *slash = strrchr(j->file.path, '/');
+        lua_createtable(L, 1, 0);
+        lua_createtable(L, 0, 3);
+        set_str_field(L, "name", slash ? slash + 1 : j->file.path);
+        set_int_field(L, "size", (lua_Integer)j->resp.bytes);
+        set_str_field(L, "path", j->file.path);
+        lua_rawseti(L, -2, 1);
+    }
+    lua_setfield(L, -2, "files");
+    set_str_field(L, "path", j->path);
+}
+
+/* The error of a failed job: nil, err with err.attempts. */
+static int push_job_error(lua_State *L, cms_job *j)
+{
+    push_error(L, &j->err);
+    set_int_field(L, "attempts", j->attempts);
+    return 2;
+}
+
 /* Run the download described by `p`; the scratch is at `sidx`. */
 static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
 {
     scratch *s = lua_touserdata(L, sidx);
-    char sha_hex[65] = "";
-    cms_error err;
+    cms_job *j = &s->job;
     dl_ctx d;
     int base, rc;
 
     d.L = L;
     d.plan = p;
     d.s = s;
-    d.reported = -1;
-    d.made_dir = 0;
-    cms_error_clear(&err);
+    job_configure(j, p, &d);
     claim_client(L, c);
     c->busy = BUSY_CALL; /* Lua callbacks run inside: authorization, sink, on_progress */
-    rc = download_steps(L, c, &d, sha_hex, &err);
+    rc = run_attempts(L, c, &d);
     if (p->sink)
-        rc = end_sink(L, p->sink, rc, &err);
+        rc = end_sink(L, p->sink, rc, &j->err);
     c->busy = BUSY_NOT;
+    cms_job_end(j, rc != 0);
     if (rc != 0) {
+        rc = push_job_error(L, j);
         scratch_release(L, sidx);
-        if (d.made_dir)
-            rmdir(p->path); /* empty again: the temporary archive is gone */
-        return push_error(L, &err);
+        return rc;
     }
     base = lua_gettop(L);
     if (p->true_first)
         lua_pushboolean(L, 1);
     else if (!p->path && !p->sink)
-        lua_pushlstring(L, s->mem.buf.data ? s->mem.buf.data : "", s->mem.buf.len);
-    push_info(L, &s->resp);
-    if (*sha_hex)
-        set_str_field(L, "sha256", sha_hex);
-    if (p->path && s->file.path)
-        set_str_field(L, "path", s->file.path);
-    if (p->unzip) {
-        if (s->zip.n || s->resp.format == CMS_FMT_ZIP)
-            push_zip_list(L, &s->zip, 0);
-        else { /* not a bundle: the one file, listed the same way */
-            const char *slash = strrchr(s->file.path, '/');
-            lua_createtable(L, 1, 0);
-            lua_createtable(L, 0, 3);
-            set_str_field(L, "name", slash ? slash + 1 : s->file.path);
-            set_int_field(L, "size", (lua_Integer)s->resp.bytes);
-            set_str_field(L, "path", s->file.path);
-            lua_rawseti(L, -2, 1);
-        }
-        lua_setfield(L, -2, "files");
-        set_str_field(L, "path", p->path);
-    }
+        lua_pushlstring(L, j->mem.buf.data ? j->mem.buf.data : "", j->mem.buf.len);
+    push_job_info(L, j);
     scratch_release(L, sidx);
     return lua_gettop(L) - base;
 }
@@ -1286,7 +1263,7 @@ static int l_unzip(lua_State *L)
     size_t len;
     const char *src_str = luaL_checklstring(L, 1, &len);
     const char *dir = check_path(L, 2, 1);
-    long long max_total = CMSREC_DEFAULT_UNZIP_MAX;
+    long long max_total = CMS_JOB_UNZIP_MAX;
     cms_zip_source src;
     cms_error err;
     scratch *s;
@@ -1309,13 +1286,13 @@ static int l_unzip(lua_State *L)
     src.path = src.data ? NULL : src_str;
     src.fd = -1;
     cms_error_clear(&err);
-    rc = dir ? cms_zip_extract(&src, dir, max_total, NULL, &s->zip, &err)
-             : cms_zip_read(&src, max_total, &s->zip, &err);
+    rc = dir ? cms_zip_extract(&src, dir, max_total, NULL, &s->job.zip, &err)
+             : cms_zip_read(&src, max_total, &s->job.zip, &err);
     if (rc != 0) {
         scratch_release(L, 4);
         return push_error(L, &err);
     }
-    push_zip_list(L, &s->zip, dir == NULL);
+    push_zip_list(L, &s->job.zip, dir == NULL);
     scratch_release(L, 4);
     return 1;
 }
@@ -1362,11 +1339,8 @@ typedef struct reader {
     scratch *s;
     dl_plan plan;
     dl_ctx d;
-    cms_transfer t;
-    cms_transfer_io io;
+    cms_error *err;     /* &s->job.err */
     cms_buf queue;      /* what arrived and was not returned yet */
-    cms_error err;
-    char sha_hex[65];
     int state;          /* READ_* */
     int raise;          /* client:chunks(): failures raise the error table */
     int reading;        /* inside a call: on_progress must not read again */
@@ -1376,8 +1350,6 @@ static int reader_write(void *ud, const char *p, size_t n, cms_error *err)
 {
     reader *r = ud;
 
-    if (cms_sha256_update(&r->s->sha, p, n) != 0)
-        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
     if (cms_buf_append(&r->queue, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory while receiving the recording");
     return 0;
@@ -1422,9 +1394,10 @@ static int reader_finished(lua_State *L, reader *r)
    had arrived completely ends well, anything else with kind cancelled. */
 static void reader_abandon(lua_State *L, reader *r)
 {
+    r->s->job.progress = NULL; /* its on_progress belongs to a call that is over */
     if (reader_finished(L, r))
         return;
-    cms_error_set(&r->err, CMS_E_CANCELLED, "the reader was ended: its client was asked "
+    cms_error_set(r->err, CMS_E_CANCELLED, "the reader was ended: its client was asked "
                   "for another request before the recording was read to the end");
     reader_detach(r, READ_FAILED);
 }
@@ -1433,7 +1406,7 @@ static void reader_abandon(lua_State *L, reader *r)
 static void reader_stop(reader *r)
 {
     if (r->state == READ_RUNNING) {
-        cms_error_set(&r->err, CMS_E_CANCELLED, "the reader was closed before the end of "
+        cms_error_set(r->err, CMS_E_CANCELLED, "the reader was closed before the end of "
                       "the recording");
         reader_detach(r, READ_FAILED);
     }
@@ -1459,14 +1432,8 @@ static int reader_gc(lua_State *L)
 /* libcurl ended the transfer: the outcome, and what an error answer says. */
 static void reader_complete(lua_State *L, reader *r, CURLcode code)
 {
-    scratch *s = r->s;
-    int rc = cms_transfer_finish(&r->t, code);
-
-    if (rc == 0 && !s->resp.sunk)
-        rc = classify_answer(L, CJSON_UPVALUE, &s->resp, &r->err);
-    if (rc == 0 && cms_sha256_final_hex(&s->sha, r->sha_hex) != 0)
-        rc = cms_error_set(&r->err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
-    reader_detach(r, rc == 0 ? READ_DONE : READ_FAILED);
+    r->s->job.json_ud = L; /* this call's thread */
+    reader_detach(r, cms_job_finish(&r->s->job, code) == 0 ? READ_DONE : READ_FAILED);
 }
 
 /* Run libcurl until bytes are queued or the transfer ended. */
@@ -1487,14 +1454,14 @@ static void reader_pump(lua_State *L, reader *r)
                 return;
             }
         if (!running) { /* cannot happen: a finished transfer leaves a message */
-            cms_error_set(&r->err, CMS_E_NETWORK, "libcurl ended the transfer without a result");
+            cms_error_set(r->err, CMS_E_NETWORK, "libcurl ended the transfer without a result");
             reader_detach(r, READ_FAILED);
             return;
         }
         mc = curl_multi_poll(m, NULL, 0, CMS_PROGRESS_INTERVAL_MS, NULL);
     }
     if (mc != CURLM_OK) {
-        cms_error_set(&r->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
+        cms_error_set(r->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
                       "libcurl failed: %s", curl_multi_strerror(mc));
         reader_detach(r, READ_FAILED);
     }
@@ -1527,7 +1494,7 @@ static int reader_read(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    push_error(L, &r->err);
+    push_error(L, r->err);
     if (r->raise)
         lua_error(L);
     return 2;
@@ -1538,13 +1505,13 @@ static int reader_info(lua_State *L)
 {
     reader *r = luaL_checkudata(L, 1, READER_MT);
 
-    if (!r->s || (!r->s->resp.sunk && r->state != READ_DONE)) {
+    if (!r->s || (!r->s->job.resp.sunk && r->state != READ_DONE)) {
         lua_pushnil(L);
         return 1;
     }
-    push_info(L, &r->s->resp);
+    push_info(L, &r->s->job.resp);
     if (r->state == READ_DONE)
-        set_str_field(L, "sha256", r->sha_hex);
+        set_str_field(L, "sha256", r->s->job.sha256);
     return 1;
 }
 
@@ -1555,24 +1522,27 @@ static int reader_start(lua_State *L, reader *r)
 {
     client *c = r->c;
     scratch *s = r->s;
+    cms_job *j = &s->job;
     const char *call_id;
 
-    if (prepare_request(L, c, s, 2, &call_id, &r->err) != 0)
+    if (prepare_request(L, c, s, 2, &call_id, r->err) != 0)
         return -1;
-    if (cms_sha256_init(&s->sha) != 0)
-        return cms_error_set(&r->err, CMS_E_NOMEM, "out of memory");
-    r->io.max_size = r->plan.max_size;
-    r->io.sink.write = reader_write;
-    r->io.sink.ud = r;
+    j->dest = CMS_DEST_SINK; /* the queue: what it got is the caller's */
+    j->sink.write = reader_write;
+    j->sink.ud = r;
+    j->max_size = r->plan.max_size;
     if (r->plan.on_progress) {
-        r->io.progress = lua_progress;
-        r->io.progress_ud = &r->d;
+        j->progress = lua_progress;
+        j->progress_ud = &r->d;
     }
-    if (cms_transfer_start(&r->t, c->curl, &c->tc, c->url, s->headers, s->body.data,
-                           s->body.len, &r->io, &s->resp, &r->err) != 0)
+    j->json = json_fields;
+    j->json_ud = L;
+    j->call_id = call_id;
+    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
         return -1;
     if (curl_multi_add_handle(c->multi, c->curl) != CURLM_OK)
-        return cms_error_set(&r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+        return cms_error_set(r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+    cms_rate_take(&c->rate, cms_now());
     return 0;
 }
 
@@ -1594,6 +1564,7 @@ static int open_reader(lua_State *L, const char *what, int raise)
     r->state = READ_CLOSED;
     r->c = c;
     r->s = s;
+    r->err = &s->job.err;
     r->raise = raise;
     luaL_getmetatable(L, READER_MT);
     lua_setmetatable(L, 5);
@@ -1611,15 +1582,13 @@ static int open_reader(lua_State *L, const char *what, int raise)
     r->plan.req = 2;
     r->d.plan = &r->plan;
     r->d.s = s;
-    r->d.reported = -1;
     r->d.L = L;
-    cms_error_clear(&r->err);
     claim_client(L, c);
     c->busy = BUSY_CALL; /* the authorization function runs inside */
     rc = reader_start(L, r);
     c->busy = rc == 0 ? BUSY_READER : BUSY_NOT;
     if (rc != 0) {
-        push_error(L, &r->err);
+        push_error(L, r->err);
         if (raise)
             lua_error(L);
         return 2;
@@ -1645,6 +1614,518 @@ static int l_chunks(lua_State *L)
     lua_pushnil(L);
     lua_pushvalue(L, -3);
     return 4;
+}
+
+/* ===== BATCH: client:download_many on the multi interface ===== */
+
+#define BATCH_MAX_CONCURRENCY 64
+
+/* One transfer of the batch, on an easy handle of its own. */
+typedef struct slot {
+    CURL *h;
+    int req;            /* the request's index in reqs, 0: free */
+    int running;        /* in the multi handle */
+    double wake;        /* waiting to try again until then, 0: not waiting */
+    scratch *s;         /* its job and signed request (a userdata of the batch) */
+    dl_plan plan;
+    dl_ctx d;
+} slot;
+
+typedef struct batch {
+    client *c;
+    cms_transfer_config tc; /* the client's, for transfers side by side */
+    slot slots[BATCH_MAX_CONCURRENCY];
+    int n;              /* slots */
+    int total, next;    /* requests, the next one to start (1-based) */
+    int ok, failed, active, stop;
+    long long bytes;    /* of the finished recordings */
+    cms_error stop_err; /* why the rest is not attempted */
+} batch;
+
+/* Stack slots of download_many. */
+enum { B_CLIENT = 1, B_REQS, B_OPTS, B_RESULTS, B_BATCH, B_SCRATCH, B_ANCHOR, B_ON_RESULT,
+       B_ON_PROGRESS, B_DIR, B__TOP = B_DIR };
+
+/* Give every handle back; in-flight transfers are aborted. Safe twice. */
+static int batch_gc(lua_State *L)
+{
+    batch *b = luaL_checkudata(L, 1, BATCH_MT);
+    int i;
+
+    for (i = 0; i < b->n; i++) {
+        slot *sl = &b->slots[i];
+        if (sl->running && !b->c->closed)
+            curl_multi_remove_handle(b->c->multi, sl->h);
+        sl->running = 0;
+        if (sl->h)
+            curl_easy_cleanup(sl->h);
+        sl->h = NULL;
+    }
+    b->n = 0;
+    return 0;
+}
+
+/* Call on_result or on_progress (pushed with `nargs` arguments): 0 when it
+   returned false, or raised (the error is raised again once the batch has
+   stopped and given everything back). */
+static int batch_callback(lua_State *L, batch *b, int nargs)
+{
+    int go_on;
+
+    if (lua_pcall(L, nargs, 1, 0) != 0) {
+        lua_setfield(L, B_ANCHOR, "raise");
+        b->stop = 3;
+        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: a callback of the "
+                      "batch raised an error");
+        return 0;
+    }
+    go_on = !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
+    lua_pop(L, 1);
+    return go_on;
+}
+
+/* results[i] = {data =, info =, err =}; on_result(i, req, info, err). */
+static int batch_record(lua_State *L, batch *b, slot *sl, int failed)
+{
+    cms_job *j = &sl->s->job;
+    int i = sl->req, go_on = 1;
+
+    lua_createtable(L, 0, 3);
+    if (failed) {
+        push_job_error(L, j);
+        lua_setfield(L, -3, "err");
+        lua_pop(L, 1); /* the nil */
+        b->failed++;
+        if (j->err.kind == CMS_E_AUTH && !b->stop) { /* the CMS locks an IP that insists */
+            b->stop = 1;
+            cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: an earlier request "
+                          "of the batch was refused (kind auth), and repeating bad "
+                          "credentials gets the caller's IP locked");
+        }
+    } else {
+        if (j->dest == CMS_DEST_MEMORY) {
+            lua_pushlstring(L, j->mem.buf.data ? j->mem.buf.data : "", j->mem.buf.len);
+            lua_setfield(L, -2, "data");
+        }
+        push_job_info(L, j);
+        lua_setfield(L, -2, "info");
+        b->ok++;
+        b->bytes += j->resp.bytes;
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, B_RESULTS, i);
+    if (!lua_isnil(L, B_ON_RESULT)) {
+        lua_pushvalue(L, B_ON_RESULT);
+        lua_pushinteger(L, i);
+        lua_rawgeti(L, B_REQS, i);
+        lua_getfield(L, -4, "info");
+        lua_getfield(L, -5, "err");
+        go_on = batch_callback(L, b, 4);
+    }
+    lua_pop(L, 1);
+    if (!go_on && !b->stop) {
+        b->stop = 2;
+        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: the batch was stopped");
+    }
+    return 0;
+}
+
+/* Free the slot for the next request. */
+static void slot_release(slot *sl)
+{
+    cms_job_end(&sl->s->job, 0);
+    cms_job_free(&sl->s->job);
+    cms_job_init(&sl->s->job);
+    scratch_unsign(sl->s);
+    sl->req = 0;
+    sl->wake = 0;
+}
+
+/* The job of request `i` in this slot, as download_file / download would. */
+static void slot_assign(lua_State *L, batch *b, slot *sl, int i)
+{
+    cms_job *j = &sl->s->job;
+
+    sl->req = i;
+    sl->d.L = L;
+    sl->d.plan = &sl->plan;
+    sl->d.s = sl->s;
+    job_configure(j, &sl->plan, &sl->d);
+    if (sl->plan.unzip)
+        j->dest = CMS_DEST_FILE; /* into dir/<callID>/, named when it starts */
+    (void)b;
+}
+
+/* Sign and start an attempt of the slot's request (the stack is restored). */
+static int slot_start(lua_State *L, batch *b, slot *sl)
+{
+    scratch *s = sl->s;
+    cms_job *j = &s->job;
+    const char *call_id;
+    int top = lua_gettop(L), rc;
+
+    scratch_unsign(s);
+    lua_rawgeti(L, B_REQS, sl->req);
+    if (!lua_istable(L, -1)) {
+        lua_settop(L, top);
+        return cms_error_field(&j->err, "request", "request %d is not a table", sl->req);
+    }
+    rc = prepare_request(L, b->c, s, lua_gettop(L), &call_id, &j->err);
+    if (rc == 0) {
+        lua_pushvalue(L, -1); /* the callID, kept while the job runs */
+        lua_rawseti(L, B_ANCHOR, (int)(sl - b->slots) + 1);
+        j->call_id = call_id;
+        if (sl->plan.unzip) { /* each call's recordings in a directory of its own */
+            char name[256];
+            cms_safe_filename(call_id, name, sizeof name);
+            lua_pushfstring(L, "%s/%s", lua_tostring(L, B_DIR), name);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, B_ANCHOR, BATCH_MAX_CONCURRENCY + (int)(sl - b->slots) + 1);
+            j->path = lua_tostring(L, -1);
+        }
+        cms_rate_take(&b->c->rate, cms_now());
+        rc = cms_job_start(j, sl->h, &b->tc, b->c->url, s->headers, s->body.data, s->body.len);
+    }
+    if (rc == 0 && curl_multi_add_handle(b->c->multi, sl->h) != CURLM_OK)
+        rc = cms_error_set(&j->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+    lua_settop(L, top);
+    sl->running = rc == 0;
+    b->active += rc == 0;
+    return rc;
+}
+
+/* An attempt failed: wait and try again, or record the failure. */
+static int slot_failed(lua_State *L, batch *b, slot *sl, const cms_retry_policy *policy)
+{
+    cms_job *j = &sl->s->job;
+    long delay = b->stop ? -1 : cms_retry_delay(policy, &j->err, j->attempts, 0, jitter());
+
+    if (delay >= 0) { /* the error stays until the next attempt starts */
+        sl->wake = cms_now() + delay / 1000.0;
+        return 0;
+    }
+    cms_job_end(j, 1);
+    if (batch_record(L, b, sl, 1) != 0)
+        return -1;
+    slot_release(sl);
+    return 0;
+}
+
+/* Start what may start now: free slots take the next requests, waiting
+   ones whose time came try again; max_rate paces both. Returns how long
+   (seconds) until something may start, for the poll's timeout. */
+static double batch_fill(lua_State *L, batch *b, const cms_retry_policy *policy)
+{
+    double now = cms_now(), next = 0.2, w;
+    int i;
+
+    for (i = 0; i < b->n; i++) {
+        slot *sl = &b->slots[i];
+        if (sl->running || (b->stop && !sl->req))
+            continue;
+        if (sl->req && sl->wake > now) {
+            if (sl->wake - now < next)
+                next = sl->wake - now;
+            continue;
+        }
+        if (!sl->req && b->next > b->total)
+            continue;
+        if ((w = cms_rate_wait(&b->c->rate, now)) > 0) {
+            return w < next ? w : next;
+        }
+        if (!sl->req)
+            slot_assign(L, b, sl, b->next++);
+        else
+            cms_job_reset(&sl->s->job); /* a retry */
+        sl->wake = 0;
+        if (slot_start(L, b, sl) != 0)
+            slot_failed(L, b, sl, policy);
+        now = cms_now();
+    }
+    return next;
+}
+
+/* Every finished transfer: commit or retry or record. */
+static void batch_reap(lua_State *L, batch *b, const cms_retry_policy *policy)
+{
+    CURLMsg *msg;
+    int left, i;
+
+    while ((msg = curl_multi_info_read(b->c->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        for (i = 0; i < b->n; i++) {
+            slot *sl = &b->slots[i];
+            CURLcode rc = msg->data.result;
+            if (!sl->running || sl->h != msg->easy_handle)
+                continue;
+            curl_multi_remove_handle(b->c->multi, sl->h);
+            sl->running = 0;
+            b->active--;
+            sl->s->job.json_ud = L;
+            if (cms_job_finish(&sl->s->job, rc) != 0)
+                slot_failed(L, b, sl, policy);
+            else {
+                batch_record(L, b, sl, 0);
+                slot_release(sl);
+            }
+            break;
+        }
+    }
+}
+
+/* on_progress{done, total, ok, failed, bytes, active}: false stops the batch. */
+static void batch_progress(lua_State *L, batch *b)
+{
+    long long bytes = b->bytes;
+    int i, go_on;
+
+    if (lua_isnil(L, B_ON_PROGRESS))
+        return;
+    for (i = 0; i < b->n; i++)
+        if (b->slots[i].running)
+            bytes += b->slots[i].s->job.resp.bytes;
+    lua_pushvalue(L, B_ON_PROGRESS);
+    lua_createtable(L, 0, 6);
+    set_int_field(L, "done", b->ok + b->failed);
+    set_int_field(L, "total", b->total);
+    set_int_field(L, "ok", b->ok);
+    set_int_field(L, "failed", b->failed);
+    set_int_field(L, "bytes", (lua_Integer)bytes);
+    set_int_field(L, "active", b->active);
+    go_on = batch_callback(L, b, 1);
+    if (!go_on && !b->stop) {
+        b->stop = 2;
+        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: the batch was stopped");
+    }
+}
+
+/* Stopped: in-flight transfers are aborted (their files never appear). */
+static void batch_abort(lua_State *L, batch *b)
+{
+    int i;
+
+    for (i = 0; i < b->n; i++) {
+        slot *sl = &b->slots[i];
+        if (!sl->req)
+            continue;
+        if (sl->running) {
+            curl_multi_remove_handle(b->c->multi, sl->h);
+            curl_easy_setopt(sl->h, CURLOPT_ERRORBUFFER, NULL); /* it is in the job */
+            sl->running = 0;
+            b->active--;
+            cms_error_set(&sl->s->job.err, CMS_E_CANCELLED, "the batch was stopped during "
+                          "this download: nothing of it was kept");
+        } /* else waiting to try again: its last error stands */
+        cms_job_end(&sl->s->job, 1);
+        cms_job_free(&sl->s->job); /* the temporary file goes */
+        batch_record(L, b, sl, 1);
+        slot_release(sl);
+    }
+}
+
+/* Nothing new starts after an auth failure: requests waiting to try again
+   end with the error they had. */
+static void batch_drop_waiting(lua_State *L, batch *b)
+{
+    int i;
+
+    for (i = 0; i < b->n; i++) {
+        slot *sl = &b->slots[i];
+        if (sl->req && !sl->running) {
+            cms_job_end(&sl->s->job, 1);
+            batch_record(L, b, sl, 1);
+            slot_release(sl);
+        }
+    }
+}
+
+static int batch_idle(const batch *b)
+{
+    int i;
+
+    for (i = 0; i < b->n; i++)
+        if (b->slots[i].req)
+            return 0;
+    return 1;
+}
+
+/* Until every request is done, failed, or not to be attempted. */
+static void batch_loop(lua_State *L, batch *b, const cms_retry_policy *policy)
+{
+    CURLM *m = b->c->multi;
+    double last = 0, wait;
+    int running;
+
+    for (;;) {
+        wait = b->stop ? 0.05 : batch_fill(L, b, policy);
+        if (b->stop == 1)
+            batch_drop_waiting(L, b);
+        else if (b->stop)
+            batch_abort(L, b);
+        if (batch_idle(b) && (b->stop || b->next > b->total))
+            break;
+        if (curl_multi_perform(m, &running) != CURLM_OK)
+            wait = 0.05; /* out of memory: try again, the GC may free some */
+        batch_reap(L, b, policy);
+        if (cms_now() - last >= CMS_PROGRESS_INTERVAL_MS / 1000.0) {
+            batch_progress(L, b);
+            last = cms_now();
+        }
+        if (b->active)
+            curl_multi_poll(m, NULL, 0, (int)(wait * 1000) + 1, NULL);
+        else if (!b->stop && wait > 0) {
+            struct timespec ts;
+            ts.tv_sec = (time_t)wait;
+            ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (b->stop != 3)
+        batch_progress(L, b); /* the final figures */
+}
+
+/* Requests never started: not attempted (attempts 0). */
+static void batch_rest(lua_State *L, batch *b)
+{
+    int i;
+
+    for (i = 1; i <= b->total; i++) {
+        lua_rawgeti(L, B_RESULTS, i);
+        if (lua_isnil(L, -1)) {
+            lua_createtable(L, 0, 1);
+            push_error(L, &b->stop_err);
+            set_int_field(L, "attempts", 0);
+            lua_setfield(L, -3, "err");
+            lua_pop(L, 1);
+            lua_rawseti(L, B_RESULTS, i);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static const char *const many_opts[] = {"concurrency", "dir", "unzip", "retries", "max_size",
+                                        "on_result", "on_progress"};
+
+/* opts.dir: a directory, made if missing (its parent must exist). */
+static int batch_directory(const char *dir)
+{
+    struct stat st;
+
+    if (mkdir(dir, 0777) == 0)
+        return 0;
+    if (errno == EEXIST && stat(dir, &st) == 0) {
+        errno = ENOTDIR;
+        return S_ISDIR(st.st_mode) ? 0 : -1;
+    }
+    return -1;
+}
+
+/* The batch and its slots, from opts (at B_OPTS). */
+static batch *batch_new(lua_State *L, client *c)
+{
+    int conc = 4, unzip = 0, retries = -1, i;
+    long long max_size = 0;
+    batch *b;
+
+    if (!lua_isnil(L, B_OPTS)) {
+        luaL_checktype(L, B_OPTS, LUA_TTABLE);
+        check_keys(L, B_OPTS, "client:download_many", many_opts,
+                   sizeof many_opts / sizeof many_opts[0]);
+        conc = opt_count(L, B_OPTS, "client:download_many", "concurrency", 1,
+                         BATCH_MAX_CONCURRENCY, 4);
+        unzip = opt_boolean(L, B_OPTS, "client:download_many", "unzip");
+        retries = opt_count(L, B_OPTS, "client:download_many", "retries", 0, 10, -1);
+        max_size = opt_size(L, B_OPTS, "client:download_many", "max_size");
+    }
+    b = lua_newuserdata(L, sizeof *b);              /* B_BATCH */
+    memset(b, 0, sizeof *b);
+    luaL_getmetatable(L, BATCH_MT);
+    lua_setmetatable(L, -2);
+    lua_createtable(L, conc, 0);                    /* B_SCRATCH */
+    lua_createtable(L, 2 * BATCH_MAX_CONCURRENCY, 0); /* B_ANCHOR */
+    b->c = c;
+    b->tc = c->tc;
+    b->tc.busy_conns = 1; /* transfers side by side: checked between batches only */
+    b->total = (int)lua_rawlen(L, B_REQS);
+    b->next = 1;
+    for (i = 0; i < conc; i++) {
+        slot *sl = &b->slots[i];
+        sl->s = new_scratch(L);
+        lua_rawseti(L, B_SCRATCH, i + 1);
+        if (!(sl->h = curl_easy_init()))
+            luaL_error(L, "client:download_many: libcurl could not be initialised");
+        b->n = i + 1;
+        sl->plan.unzip = unzip;
+        sl->plan.max_size = max_size ? max_size : c->max_size;
+        sl->plan.retries = retries;
+    }
+    return b;
+}
+
+/* client:download_many(reqs[, opts]) -> results */
+static int l_download_many(lua_State *L)
+{
+    client *c = check_client(L, 1);
+    cms_retry_policy policy;
+    batch *b;
+    const char *dir;
+    int i;
+
+    luaL_checktype(L, B_REQS, LUA_TTABLE);
+    luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
+    lua_settop(L, B_OPTS);
+    lua_newtable(L);                                /* B_RESULTS */
+    b = batch_new(L, c);                            /* B_BATCH, B_SCRATCH, B_ANCHOR */
+    if (lua_isnil(L, B_OPTS)) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushnil(L);
+    } else {
+        opt_function(L, B_OPTS, "client:download_many", "on_result");
+        if (lua_gettop(L) < B_ON_RESULT)
+            lua_pushnil(L);
+        opt_function(L, B_OPTS, "client:download_many", "on_progress");
+        if (lua_gettop(L) < B_ON_PROGRESS)
+            lua_pushnil(L);
+        raw_field(L, B_OPTS, "dir");
+        if (!lua_isnil(L, -1) && !lua_isstring(L, -1))
+            luaL_error(L, "client:download_many: option 'dir' must be a directory path");
+    }
+    dir = lua_isnil(L, B_DIR) ? NULL : check_path(L, B_DIR, 0);
+    if (dir && batch_directory(dir) != 0)
+        luaL_error(L, "client:download_many: opts.dir: cannot use '%s': %s", dir,
+                   strerror(errno));
+    if (b->slots[0].plan.unzip && !dir)
+        luaL_error(L, "client:download_many: opts.unzip needs opts.dir");
+    for (i = 0; i < b->n; i++) {
+        b->slots[i].plan.path = b->slots[i].plan.unzip ? NULL : dir;
+        if (dir && !b->slots[i].plan.unzip)
+            b->slots[i].plan.max_size = b->slots[i].plan.max_size == c->max_size
+                                            ? 0 : b->slots[i].plan.max_size;
+    }
+    policy.retries = b->slots[0].plan.retries >= 0 ? b->slots[0].plan.retries : c->retries;
+    policy.base_ms = CMS_RETRY_BASE_MS;
+    policy.max_ms = CMS_RETRY_MAX_MS;
+    policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    claim_client(L, c);
+    cms_conn_set_drop_unclean(&c->conns); /* idle now: nothing may wait on them */
+    c->busy = BUSY_CALL;
+    batch_loop(L, b, &policy);
+    c->busy = BUSY_NOT;
+    batch_rest(L, b);
+    lua_pushcfunction(L, batch_gc);
+    lua_pushvalue(L, B_BATCH);
+    lua_call(L, 1, 0);
+    if (b->stop == 3) {
+        lua_getfield(L, B_ANCHOR, "raise");
+        return lua_error(L);
+    }
+    lua_pushvalue(L, B_RESULTS);
+    set_int_field(L, "ok", b->ok);
+    set_int_field(L, "failed", b->failed);
+    set_int_field(L, "not_attempted", b->total - b->ok - b->failed);
+    return 1;
 }
 
 /* ===== PREPARE AND CLASSIFY: for callers that send the request themselves ===== */
@@ -1735,9 +2216,9 @@ static int l_classify(lua_State *L)
     luaL_argcheck(L, lua_gettop(L) <= 4, 5, "found too many arguments");
     lua_settop(L, 4);
     s = new_scratch(L); /* 5 */
-    s->resp.status = (long)status;
+    s->job.resp.status = (long)status;
     if (!lua_isnil(L, 2))
-        read_answer_headers(L, 2, &s->resp, &encoded);
+        read_answer_headers(L, 2, &s->job.resp, &encoded);
     cms_error_clear(&err);
     if (status / 100 == 2 && encoded) {
         cms_error_set(&err, CMS_E_PROTOCOL, "the answer is encoded (Content-Encoding): "
@@ -1763,11 +2244,12 @@ static int l_classify(lua_State *L)
         }
     }
     if (err.kind == CMS_OK) {
-        s->resp.truncated = len > CMS_ERROR_BODY_MAX;
-        if (cms_buf_append(&s->resp.body, body, s->resp.truncated ? CMS_ERROR_BODY_MAX : len))
+        cms_response *r = &s->job.resp;
+        r->truncated = len > CMS_ERROR_BODY_MAX;
+        if (cms_buf_append(&r->body, body, r->truncated ? CMS_ERROR_BODY_MAX : len))
             cms_error_set(&err, CMS_E_NOMEM, "out of memory");
         else
-            classify_answer(L, CJSON_UPVALUE, &s->resp, &err);
+            cms_classify_answer(r, json_fields, L, &err);
     }
     scratch_release(L, 5);
     return push_error(L, &err);
@@ -1898,6 +2380,7 @@ int luaopen_cmsrec(lua_State *L)
     static const luaL_Reg client_methods[] = {
         {"download", l_download},
         {"prepare", l_prepare},
+        {"download_many", l_download_many},
         {"reader", l_reader},
         {"chunks", l_chunks},
         {"download_file", l_download_file},
@@ -1906,6 +2389,7 @@ int luaopen_cmsrec(lua_State *L)
     };
     static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
     static const luaL_Reg scratch_meta[] = {{"__gc", scratch_gc}, {NULL, NULL}};
+    static const luaL_Reg batch_meta[] = {{"__gc", batch_gc}, {NULL, NULL}};
     static const luaL_Reg reader_meta[] = {
         {"__gc", reader_gc},
         {"__close", reader_close},
@@ -1938,6 +2422,7 @@ int luaopen_cmsrec(lua_State *L)
 
     new_class(L, CLIENT_MT, client_meta, client_methods);
     new_class(L, SCRATCH_MT, scratch_meta, NULL);
+    new_class(L, BATCH_MT, batch_meta, NULL);
     new_class(L, READER_MT, reader_meta, reader_methods);
     luaL_newmetatable(L, ERROR_MT);
     luaL_setfuncs(L, error_meta, 0);

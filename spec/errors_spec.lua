@@ -130,19 +130,22 @@ describe("errors", function()
     assert.is_true(err.retryable)
   end)
 
+  -- one attempt each (retries = 0): what one timeout looks like
   it("timeout: a server that stalls past the timeout", function()
-    local c = H.client{ timeout = 1 }
+    local c = H.client{ timeout = 1, retries = 0 }
     local t0 = os.time()
     local err = fails(c, "stall-4")
     c:close()
     assert.equal("timeout", err.kind)
     assert.equal(28, err.curl_code) -- CURLE_OPERATION_TIMEDOUT
     assert.is_true(err.retryable)
+    assert.equal(1, err.attempts)
     assert.is_true(os.time() - t0 <= 3)
   end)
 
   it("timeout: connect_timeout bounds a connection that never completes", function()
-    local c = H.client{ base_url = mock.blackhole_url, connect_timeout = 1, timeout = false }
+    local c = H.client{ base_url = mock.blackhole_url, connect_timeout = 1, timeout = false,
+                        retries = 0 }
     local t0 = os.time()
     local err = fails(c, "wav-100")
     c:close()
@@ -154,7 +157,7 @@ describe("errors", function()
   end)
 
   it("timeout: stall_timeout gives up on a transfer that stopped moving", function()
-    local c = H.client{ timeout = false, stall_timeout = 1 }
+    local c = H.client{ timeout = false, stall_timeout = 1, retries = 0 }
     local t0 = os.time()
     local err = fails(c, "stall-15")
     c:close()

@@ -164,7 +164,9 @@ function mock.expect(call_id) return mock.ctl("expect", call_id) end
 
 -- A client configuration for the running mock; `extra` overrides keys.
 function H.config(extra)
-  local c = { base_url = mock.url, ak = H.AK, sk = H.SK, cafile = mock.ca, timeout = 20 }
+  -- retries = 0: a spec sees what one attempt does (the retry specs set it)
+  local c = { base_url = mock.url, ak = H.AK, sk = H.SK, cafile = mock.ca, timeout = 20,
+              retries = 0 }
   for k, v in pairs(extra or {}) do
     if v == false then c[k] = nil else c[k] = v end -- false removes a default
   end

@@ -330,15 +330,22 @@ static void drop_if_unclean(curl_socket_t sock)
         shutdown(sock, SHUT_RDWR);
 }
 
-/* An idle kept-alive connection must have nothing to read (see cms_conn_set). */
-static void drop_unclean_connections(CURL *h, const cms_conn_set *conns)
+void cms_conn_set_drop_unclean(const cms_conn_set *s)
 {
-    curl_socket_t sock = CURL_SOCKET_BAD;
     size_t i;
 
-    if (conns) {
-        for (i = 0; i < conns->n; i++)
-            drop_if_unclean(conns->fds[i]);
+    for (i = 0; i < s->n; i++)
+        drop_if_unclean(s->fds[i]);
+}
+
+/* An idle kept-alive connection must have nothing to read (see cms_conn_set). */
+static void drop_unclean_connections(CURL *h, const cms_transfer_config *cfg)
+{
+    curl_socket_t sock = CURL_SOCKET_BAD;
+
+    if (cfg->conns) {
+        if (!cfg->busy_conns)
+            cms_conn_set_drop_unclean(cfg->conns);
         return;
     }
     if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock) == CURLE_OK &&
@@ -359,6 +366,8 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
     SET(CURLOPT_URL, url);
     SET(CURLOPT_PATH_AS_IS, 1L); /* the signed path is the path sent */
     SET(CURLOPT_NOSIGNAL, 1L);   /* safe in threads and nginx workers */
+    if (cfg->share) /* a new connection resumes a TLS session of an earlier one */
+        SET(CURLOPT_SHARE, cfg->share);
     if (cfg->conns) {
         SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
         SET(CURLOPT_OPENSOCKETDATA, cfg->conns);
@@ -481,7 +490,7 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     t->err = err;
     t->url = url;
     /* last_progress stays zero: the first report comes as soon as the recording starts */
-    drop_unclean_connections(h, cfg->conns);
+    drop_unclean_connections(h, cfg);
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, t);
     if (rc == CURLE_OK)
@@ -508,17 +517,15 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
     return 0;
 }
 
-int cms_transfer_perform(cms_transfer *t, CURLM *m)
+CURLcode cms_transfer_run(cms_transfer *t, CURLM *m)
 {
     CURLcode rc = CURLE_FAILED_INIT;
     CURLMcode mc;
     CURLMsg *msg;
     int running = 1, left;
 
-    if (curl_multi_add_handle(m, t->h) != CURLM_OK) {
-        curl_easy_setopt(t->h, CURLOPT_ERRORBUFFER, NULL);
-        return cms_error_set(t->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
-    }
+    if (curl_multi_add_handle(m, t->h) != CURLM_OK)
+        return CURLE_OUT_OF_MEMORY;
     do {
         mc = curl_multi_perform(m, &running);
         if (mc == CURLM_OK && running) /* libcurl's own timers shorten the wait */
@@ -528,12 +535,9 @@ int cms_transfer_perform(cms_transfer *t, CURLM *m)
         if (msg->msg == CURLMSG_DONE && msg->easy_handle == t->h)
             rc = msg->data.result;
     curl_multi_remove_handle(m, t->h);
-    if (mc != CURLM_OK && !t->failed) {
-        curl_easy_setopt(t->h, CURLOPT_ERRORBUFFER, NULL);
-        return cms_error_set(t->err, mc == CURLM_OUT_OF_MEMORY ? CMS_E_NOMEM : CMS_E_NETWORK,
-                             "libcurl failed: %s", curl_multi_strerror(mc));
-    }
-    return cms_transfer_finish(t, rc);
+    if (mc != CURLM_OK)
+        rc = mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+    return rc;
 }
 
 int cms_transfer_post(CURL *h, const cms_transfer_config *cfg, const char *url,

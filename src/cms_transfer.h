@@ -45,6 +45,9 @@ typedef struct cms_conn_set {
 } cms_conn_set;
 
 void cms_conn_set_init(cms_conn_set *s);
+/* Shut down every socket of `s` that has bytes waiting: call it only while
+   none of them carries a transfer. */
+void cms_conn_set_drop_unclean(const cms_conn_set *s);
 /* Frees the list; the sockets are libcurl's (closed by its cleanup). */
 void cms_conn_set_free(cms_conn_set *s);
 
@@ -61,6 +64,8 @@ typedef struct cms_transfer_config {
     long stall_timeout_s;     /* give up when no byte came for this long, 0 = never */
     cms_conn_set *conns;      /* the client's sockets, may be NULL (then only the
                                  easy handle's last connection is checked) */
+    int busy_conns;           /* other transfers run on them: no idle check */
+    CURLSH *share;            /* TLS sessions and DNS shared by the client's handles, may be NULL */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
@@ -146,9 +151,10 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
                        cms_error *err);
 /* The outcome of a started transfer that libcurl ended with `rc`. */
 int cms_transfer_finish(cms_transfer *t, CURLcode rc);
-/* Run a started transfer to its end on the multi handle `m`, then finish it:
-   the client's connections stay in `m`'s pool, shared with its readers. */
-int cms_transfer_perform(cms_transfer *t, CURLM *m);
+/* Run a started transfer to its end on the multi handle `m` (blocking);
+   returns what to give cms_transfer_finish. The connections stay in `m`'s
+   pool, for the next transfer. */
+CURLcode cms_transfer_run(cms_transfer *t, CURLM *m);
 
 /* Map a libcurl failure to an error kind (exposed for the unit tests). */
 cms_error_kind cms_curl_error_kind(CURLcode rc);
