@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../src/cms_classify.h"
+#include "../src/cms_job.h"
 #include "../src/cms_request.h"
 #include "../src/cms_sign.h"
 #include "../src/cms_text.h"
@@ -366,6 +367,55 @@ static void test_text(void)
        "ZIP names: no C1 controls, valid UTF-8");
 }
 
+static void test_retry_policy(void)
+{
+    cms_retry_policy p = {2, 500, 30000, 60000};
+    cms_error e;
+    long d;
+    int i, in_range = 1;
+
+    cms_error_clear(&e);
+    cms_error_set(&e, CMS_E_NETWORK, "dropped");
+    e.retryable = 1;
+    d = cms_retry_delay(&p, &e, 1, 0, 0.0);
+    ok(d == 250, "first backoff: half fixed (250 ms of 500) with no jitter");
+    ok(cms_retry_delay(&p, &e, 1, 0, 0.999) == 499, "first backoff: under 500 ms at most jitter");
+    ok(cms_retry_delay(&p, &e, 2, 0, 0.0) == 500, "the second backoff doubles");
+    ok(cms_retry_delay(&p, &e, 3, 0, 0.0) == -1, "retries used up: no third retry");
+    ok(cms_retry_delay(&p, &e, 1, 1, 0.0) == -1, "never after bytes reached the caller's sink");
+    p.retries = 10;
+    ok(cms_retry_delay(&p, &e, 10, 0, 0.999) <= 30000 &&
+       cms_retry_delay(&p, &e, 10, 0, 0.0) == 15000, "the backoff is capped");
+    for (i = 0; i < 100; i++) {
+        d = cms_retry_delay(&p, &e, 3, 0, i / 100.0);
+        in_range = in_range && d >= 1000 && d < 2000;
+    }
+    ok(in_range, "jitter stays within [backoff/2, backoff)");
+    e.retry_after = 7;
+    ok(cms_retry_delay(&p, &e, 1, 0, 0.5) == 7000, "Retry-After is honoured as given");
+    e.retry_after = 3600;
+    ok(cms_retry_delay(&p, &e, 1, 0, 0.5) == 60000, "a long Retry-After is capped");
+    e.retryable = 0;
+    ok(cms_retry_delay(&p, &e, 1, 0, 0.5) == -1, "not retryable: never again");
+}
+
+static void test_rate(void)
+{
+    cms_rate r = {4, 0};
+    cms_rate none = {0, 0};
+
+    ok(cms_rate_wait(&r, 100.0) == 0, "the first request starts at once");
+    cms_rate_take(&r, 100.0);
+    ok(cms_rate_wait(&r, 100.0) > 0.249 && cms_rate_wait(&r, 100.0) < 0.251,
+       "4 per second: the next one 250 ms later");
+    cms_rate_take(&r, 100.25);
+    cms_rate_take(&r, 100.25); /* a caller that did not wait is still counted */
+    ok(cms_rate_wait(&r, 100.25) > 0.499, "requests taken early push the next ones back");
+    ok(cms_rate_wait(&r, 200.0) == 0, "after a pause: at once again");
+    cms_rate_take(&none, 1.0);
+    ok(cms_rate_wait(&none, 1.0) == 0, "no max_rate: never waits");
+}
+
 int main(void)
 {
     test_vectors();
@@ -380,6 +430,8 @@ int main(void)
     test_url();
     test_excerpt();
     test_text();
+    test_retry_policy();
+    test_rate();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
