@@ -417,6 +417,48 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
     end)
   end)
 
+  it("examples/k8s/batch-job.yaml: YAML, an Indexed Job whose shards match its completions", function()
+    if not H.sh("python3 -c 'import yaml' 2>/dev/null") then
+      pending("python3 has no yaml module (Debian: apt-get install python3-yaml)")
+      return
+    end
+    local py = "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"
+    local docs = cjson.decode(H.capture("python3 -c " .. q(py) .. " " .. q(H.ROOT .. "/examples/k8s/batch-job.yaml")))
+    local by_kind = {}
+    for _, d in ipairs(docs) do by_kind[d.kind] = by_kind[d.kind] or {} table.insert(by_kind[d.kind], d) end
+    local job = by_kind.Job[1]
+    assert.equal("batch/v1", job.apiVersion)
+    assert.equal("Indexed", job.spec.completionMode)
+    assert.is_true(job.spec.parallelism >= 1)
+    local pod = job.spec.template.spec
+    assert.equal("Never", pod.restartPolicy) -- podFailurePolicy needs it
+    local c = pod.containers[1]
+    local argv = table.concat(c.args, " ")
+    assert.matches("^batch %-%-shard auto %-%-input /input/calls%.csv %-o /data/recordings", argv)
+    local env = {}
+    for _, e in ipairs(c.env) do env[e.name] = e end
+    assert.equal(("%d"):format(job.spec.completions), env.JOB_COMPLETIONS.value)
+    assert.is_nil(env.JOB_COMPLETION_INDEX) -- Kubernetes sets it
+    for _, name in ipairs({ "CMSREC_AK", "CMSREC_SK" }) do
+      local ref = env[name].valueFrom.secretKeyRef
+      local secret
+      for _, s in ipairs(by_kind.Secret) do if s.metadata.name == ref.name then secret = s end end
+      assert.is_not_nil(secret and secret.stringData[ref.key], name)
+    end
+    -- every path the command reads or writes is on a mounted volume of the right source
+    local volumes, mounts = {}, {}
+    for _, v in ipairs(pod.volumes) do volumes[v.name] = v end
+    for _, m in ipairs(c.volumeMounts) do mounts[m.mountPath] = volumes[m.name] end
+    assert.equal("cmsrec-calls", mounts["/input"].configMap.name)
+    assert.is_string(by_kind.ConfigMap[1].data["calls.csv"])
+    assert.matches("^callID", by_kind.ConfigMap[1].data["calls.csv"])
+    assert.equal(by_kind.PersistentVolumeClaim[1].metadata.name, mounts["/data"].persistentVolumeClaim.claimName)
+    local ca_dir, ca_file = env.CMSREC_CAFILE.value:match("^(.*)/([^/]+)$")
+    local ca_map
+    for _, m in ipairs(by_kind.ConfigMap) do if m.metadata.name == mounts[ca_dir].configMap.name then ca_map = m end end
+    assert.matches("BEGIN CERTIFICATE", ca_map.data[ca_file])
+  end)
+
   describe("against the mock (download_many: " .. (REAL and "the module's" or
     "a one-at-a-time stand-in in this spec, as the module has none yet") .. ")", function()
     setup(function() mock.start() end)
