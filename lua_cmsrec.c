@@ -1230,7 +1230,8 @@ static int l_download(lua_State *L)
     dl_plan p;
     client *c = begin_download(L, 3, &p);
 
-    read_opts(L, 3, "client:download", download_opts, 3, &p);
+    read_opts(L, 3, "client:download", download_opts,
+              sizeof download_opts / sizeof download_opts[0], &p);
     p.true_first = p.sink != 0;
     if (!p.max_size && !p.sink)
         p.max_size = c->max_size; /* a limit of memory: a sink is the caller's business */
@@ -1245,7 +1246,8 @@ static int l_download_file(lua_State *L)
     client *c = begin_download(L, 4, &p);
 
     p.path = check_path(L, 3, 1);
-    read_opts(L, 4, "client:download_file", file_opts, 4, &p);
+    read_opts(L, 4, "client:download_file", file_opts, sizeof file_opts / sizeof file_opts[0],
+              &p);
     if (!p.path == !p.sink)
         luaL_error(L, "client:download_file: give a path or opts.sink, %s",
                    p.path ? "not both" : "one of them is required");
