@@ -14,7 +14,9 @@ H.AK = "mock-ak"
 H.SK = "mock-sk-0123456789abcdef"
 
 -- Child processes must not inherit the AddressSanitizer preload of the asan run.
-local CLEAN_ENV = os.getenv("LD_PRELOAD") and "env -u LD_PRELOAD " or ""
+-- (`unset` in the shell, not `env -u`: the command may be a shell builtin such
+-- as kill, and /usr/bin/kill is not on a minimal system.)
+local CLEAN_ENV = os.getenv("LD_PRELOAD") and "unset LD_PRELOAD; " or ""
 
 -- Run a shell command; true when it succeeded. (os.execute returns the wait status
 -- in Lua 5.1 and LuaJIT, 0 for success, and true or nil in Lua 5.2+.)
