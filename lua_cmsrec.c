@@ -1952,6 +1952,19 @@ static int batch_idle(const batch *b)
     return 1;
 }
 
+/* A slot is free, a request waits for it, and max_rate lets it start now. */
+static int batch_can_start(const batch *b)
+{
+    int i;
+
+    if (b->stop || b->next > b->total || cms_rate_wait(&b->c->rate, cms_now()) > 0)
+        return 0;
+    for (i = 0; i < b->n; i++)
+        if (!b->slots[i].req)
+            return 1;
+    return 0;
+}
+
 /* Until every request is done, failed, or not to be attempted. */
 static void batch_loop(lua_State *L, batch *b, const cms_retry_policy *policy)
 {
@@ -1974,6 +1987,8 @@ static void batch_loop(lua_State *L, batch *b, const cms_retry_policy *policy)
             batch_progress(L, b);
             last = cms_now();
         }
+        if (batch_can_start(b) || (batch_idle(b) && (b->stop || b->next > b->total)))
+            continue; /* a slot to fill, or the end: no waiting */
         if (b->active)
             curl_multi_poll(m, NULL, 0, (int)(wait * 1000) + 1, NULL);
         else if (!b->stop && wait > 0) {
