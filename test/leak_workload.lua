@@ -79,6 +79,20 @@ local function workload()
   cmsrec.classify(200, { ["Retry-After"] = "3" }, '{"resultCode":"1"}', true)
   cmsrec.classify(503, nil, ("x"):rep(100000))
   cmsrec.error({ kind = "io" })
+  -- retries, batches (in memory, to a directory, unzipped, stopped, auth-stopped, raising)
+  c:close()
+  c = H.client{ retries = 1 }
+  c:download{ callID = "retry-1-503-3000" }
+  c:download_file({ callID = "retry-1-drop-20000" }, dir .. "/r.wav")
+  c:download({ callID = "retry-2-flow-100" }, { on_progress = function() return false end })
+  c:download_many({ { callID = "wav-100" }, { callID = "notfound" }, { callID = "" },
+                    { callID = "retry-1-flow-200" }, { callID = "zip-2" } }, { concurrency = 3 })
+  c:download_many({ { callID = "zip-2" }, { callID = "wav-300" } }, { dir = dir .. "/many",
+                    unzip = true })
+  c:download_many({ { callID = "wav-100" }, { callID = "slowwav-1" }, { callID = "wav-200" } },
+                  { dir = dir, concurrency = 2, on_result = function() return false end })
+  c:download_many({ { callID = "auth-401" }, { callID = "wav-100" } }, { concurrency = 1 })
+  pcall(c.download_many, c, { { callID = "wav-100" } }, { on_progress = function() error("x") end })
   c:close()
   H.client():reader({ callID = "wav-200000" })() -- client and reader collected together
   -- a client dropped without close, one with a failing authorization function
