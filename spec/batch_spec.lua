@@ -350,7 +350,7 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.equal("b\na\n", r.out)
       assert.matches("2 calls %(3 in the input, 1 duplicate%)", r.err)
       for _, args in ipairs({ "-o out", "--input nothere.csv", "--input . -o out", "--input in.jsonl --shard 3/3",
-                              "--input in.jsonl --concurrency 0", "--input in.jsonl --retries 11",
+                              "--input in.jsonl --concurrency 0", "--input in.jsonl --concurrency 65", "--input in.jsonl --retries 11",
                               "--input in.jsonl --max-rate -1", "--input in.jsonl --bogus" }) do
         r = batch(args, { cd = tmp, env = DRY_ENV })
         assert.equal(2, r.code, args .. ": " .. r.err)
@@ -625,6 +625,29 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.is_nil(r.err:find("wrong-sk-0123456789", 1, true))
       local e = journal_entries(tmp .. "/out/.cmsrec-journal")
       assert.same({ "wav-1001", "failed", "auth" }, { e[1].callID, e[1].status, e[1].kind })
+    end)
+
+    it("--retries: temporary failures tried again (get too), --retries 0 gives up at once", function()
+      -- retry-1-503-N: the first request answers 503 with Retry-After: 1, the next the recording
+      H.write_file(tmp .. "/calls.csv", "callID\nretry-1-503-3000\nwav-1001\n")
+      local r = batch("--input calls.csv -o out --retries 0 --json", { cd = tmp })
+      assert.equal(1, r.code, r.err)
+      assert.same({ ["http 503"] = 1 }, cjson.decode(r.out).failures)
+      mock.reset() -- the first request fails again
+      r = batch("--input calls.csv -o out --json", { cd = tmp }) -- the default: 2 retries
+      assert.equal(0, r.code, r.err)
+      assert.equal(2, mock.stats().per_call["retry-1-503-3000"])
+      local e = journal_entries(tmp .. "/out/.cmsrec-journal")
+      assert.same({ "retry-1-503-3000", "ok", 2 }, { e[3].callID, e[3].status, e[3].attempts })
+      assert.equal(mock.expect("retry-1-503-3000").sha256, H.sha256(H.read_file(tmp .. "/out/retry-1-503-3000.wav")))
+      mock.reset()
+      r = H.cli("get --retries 0 --call-id retry-1-503-3000 -o " .. q(tmp .. "/g/"), { env = H.mock_env() })
+      assert.equal(1, r.code, r.err)
+      r = H.cli("get --call-id retry-1-503-3000 -o " .. q(tmp .. "/g/"), { env = H.mock_env() })
+      assert.equal(0, r.code, r.err)
+      assert.equal(2, mock.stats().per_call["retry-1-503-3000"])
+      r = H.cli("get --retries 11 --call-id x", { env = H.mock_env() })
+      assert.equal(2, r.code)
     end)
 
     it("progress: a line redrawn on a terminal, plain lines in a log, nothing with --quiet", function()
