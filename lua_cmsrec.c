@@ -596,6 +596,7 @@ static int l_tostring(lua_State *L)
 
 /* C memory of one download, freed by __gc even if a Lua error unwinds. */
 typedef struct scratch {
+    int client_idx;     /* where the client is on the stack when signing; 0: 1 */
     cms_buf body;
     cms_signature sig;
     struct curl_slist *headers;
@@ -953,7 +954,7 @@ static int sign_new_request(lua_State *L, client *c, scratch *s, int req_idx,
     *call_id = lua_tostring(L, -1);
     snprintf(clen, 32, "%zu", s->body.len);
     if (c->has_authorization)
-        return call_authorization(L, 1, c, s, clen, auth, err);
+        return call_authorization(L, s->client_idx ? s->client_idx : 1, c, s, clen, auth, err);
     if (sign_request(c, s, clen, err) != 0)
         return -1;
     *auth = s->sig.authorization.data;
@@ -1339,6 +1340,7 @@ enum { READ_RUNNING, READ_DONE, READ_FAILED, READ_CLOSED };
 typedef struct reader {
     client *c;
     scratch *s;
+    cms_retry_policy policy;
     dl_plan plan;
     dl_ctx d;
     cms_error *err;     /* &s->job.err */
@@ -1438,6 +1440,29 @@ static void reader_complete(lua_State *L, reader *r, CURLcode code)
     reader_detach(r, cms_job_finish(&r->s->job, code) == 0 ? READ_DONE : READ_FAILED);
 }
 
+static int reader_begin(lua_State *L, reader *r, int req_idx);
+
+/* A failed attempt that gave the caller nothing yet is tried again, as on
+   every path: the reader's call waits (on_progress runs), signs afresh and
+   starts again. 1 when it did. The client and the request are at 4 and 5. */
+static int reader_retry(lua_State *L, reader *r)
+{
+    cms_job *j = &r->s->job;
+    long delay = cms_retry_delay(&r->policy, r->err, j->attempts, j->visible > 0, jitter());
+
+    if (delay < 0 || job_wait(j, delay / 1000.0) != 0)
+        return 0;
+    cms_job_reset(j);
+    if (reader_begin(L, r, 5) != 0) {
+        r->state = READ_FAILED;
+        return 0;
+    }
+    r->state = READ_RUNNING;
+    r->c->busy = BUSY_READER;
+    r->c->reader = r;
+    return 1;
+}
+
 /* Run libcurl until bytes are queued or the transfer ended. */
 static void reader_pump(lua_State *L, reader *r)
 {
@@ -1453,7 +1478,10 @@ static void reader_pump(lua_State *L, reader *r)
         while ((msg = curl_multi_info_read(m, &left)) != NULL)
             if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->c->curl) {
                 reader_complete(L, r, msg->data.result);
-                return;
+                if (r->state != READ_FAILED || !reader_retry(L, r))
+                    return;
+                running = 1; /* started again: pump on */
+                break;
             }
         if (!running) { /* cannot happen: a finished transfer leaves a message */
             cms_error_set(r->err, CMS_E_NETWORK, "libcurl ended the transfer without a result");
@@ -1480,6 +1508,9 @@ static int reader_read(lua_State *L)
     if (r->state == READ_RUNNING && r->queue.len == 0) {
         lua_getuservalue(L, 1);              /* 2 */
         lua_getfield(L, 2, "on_progress");  /* 3: where lua_progress finds it */
+        lua_getfield(L, 2, "client");       /* 4, 5: to sign a retry */
+        lua_getfield(L, 2, "req");
+        r->s->client_idx = 4;
         r->plan.on_progress = 3;
         r->d.L = L;                          /* this call's thread: a coroutine may differ */
         r->reading = 1;
@@ -1497,6 +1528,7 @@ static int reader_read(lua_State *L)
         return 1;
     }
     push_error(L, r->err);
+    set_int_field(L, "attempts", r->s->job.attempts);
     if (r->raise)
         lua_error(L);
     return 2;
@@ -1512,23 +1544,42 @@ static int reader_info(lua_State *L)
         return 1;
     }
     push_info(L, &r->s->job.resp);
+    set_int_field(L, "attempts", r->s->job.attempts);
     if (r->state == READ_DONE)
         set_str_field(L, "sha256", r->s->job.sha256);
     return 1;
 }
 
-static const char *const reader_opts[] = {"max_size", "on_progress"};
+static const char *const reader_opts[] = {"max_size", "on_progress", "retries"};
 
-/* Validate, sign and start: failures here are returned (or raised) at once. */
-static int reader_start(lua_State *L, reader *r)
+/* Sign and start an attempt (the request at req_idx), paced by max_rate. */
+static int reader_begin(lua_State *L, reader *r, int req_idx)
 {
     client *c = r->c;
     scratch *s = r->s;
     cms_job *j = &s->job;
     const char *call_id;
 
-    if (prepare_request(L, c, s, 2, &call_id, r->err) != 0)
+    scratch_unsign(s);
+    if (prepare_request(L, c, s, req_idx, &call_id, r->err) != 0)
         return -1;
+    j->call_id = call_id;
+    j->json_ud = L;
+    if (c->rate.per_s > 0 && job_wait(j, cms_rate_wait(&c->rate, cms_now())) != 0)
+        return -1;
+    cms_rate_take(&c->rate, cms_now());
+    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
+        return -1;
+    if (curl_multi_add_handle(c->multi, c->curl) != CURLM_OK)
+        return cms_error_set(r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
+    return 0;
+}
+
+/* Validate, sign and start: failures here are returned (or raised) at once. */
+static int reader_start(lua_State *L, reader *r)
+{
+    cms_job *j = &r->s->job;
+
     j->dest = CMS_DEST_SINK; /* the queue: what it got is the caller's */
     j->sink.write = reader_write;
     j->sink.ud = r;
@@ -1538,14 +1589,11 @@ static int reader_start(lua_State *L, reader *r)
         j->progress_ud = &r->d;
     }
     j->json = json_fields;
-    j->json_ud = L;
-    j->call_id = call_id;
-    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
-        return -1;
-    if (curl_multi_add_handle(c->multi, c->curl) != CURLM_OK)
-        return cms_error_set(r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
-    cms_rate_take(&c->rate, cms_now());
-    return 0;
+    r->policy.retries = r->plan.retries >= 0 ? r->plan.retries : r->c->retries;
+    r->policy.base_ms = CMS_RETRY_BASE_MS;
+    r->policy.max_ms = CMS_RETRY_MAX_MS;
+    r->policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    return reader_begin(L, r, 2);
 }
 
 /* client:reader(req[, opts]) and client:chunks(req[, opts]) */
@@ -1570,10 +1618,12 @@ static int open_reader(lua_State *L, const char *what, int raise)
     r->raise = raise;
     luaL_getmetatable(L, READER_MT);
     lua_setmetatable(L, 5);
-    read_opts(L, 3, what, reader_opts, 2, &r->plan);
-    lua_createtable(L, 0, 3);
+    read_opts(L, 3, what, reader_opts, sizeof reader_opts / sizeof reader_opts[0], &r->plan);
+    lua_createtable(L, 0, 4);
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "client");
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "req"); /* signed again for a retry */
     lua_pushvalue(L, 4);
     lua_setfield(L, -2, "scratch");
     if (r->plan.on_progress) {
@@ -1674,6 +1724,10 @@ static int batch_callback(lua_State *L, batch *b, int nargs)
 {
     int go_on;
 
+    if (b->stop == 3) { /* a callback raised: no more callbacks */
+        lua_pop(L, nargs + 1);
+        return 0;
+    }
     if (lua_pcall(L, nargs, 1, 0) != 0) {
         lua_setfield(L, B_ANCHOR, "raise");
         b->stop = 3;
@@ -1684,6 +1738,17 @@ static int batch_callback(lua_State *L, batch *b, int nargs)
     go_on = !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
     lua_pop(L, 1);
     return go_on;
+}
+
+/* on_result or on_progress returned false: stop, also after an auth stop
+   (which only stops new requests): what is in flight is aborted. */
+static void batch_stop_if(batch *b, int go_on)
+{
+    if (go_on || b->stop >= 2)
+        return;
+    if (!b->stop)
+        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: the batch was stopped");
+    b->stop = 2;
 }
 
 /* results[i] = {data =, info =, err =}; on_result(i, req, info, err). */
@@ -1725,10 +1790,7 @@ static int batch_record(lua_State *L, batch *b, slot *sl, int failed)
         go_on = batch_callback(L, b, 4);
     }
     lua_pop(L, 1);
-    if (!go_on && !b->stop) {
-        b->stop = 2;
-        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: the batch was stopped");
-    }
+    batch_stop_if(b, go_on);
     return 0;
 }
 
@@ -1774,7 +1836,7 @@ static int slot_start(lua_State *L, batch *b, slot *sl)
     }
     rc = prepare_request(L, b->c, s, lua_gettop(L), &call_id, &j->err);
     if (rc == 0) {
-        lua_pushvalue(L, -1); /* the callID, kept while the job runs */
+        lua_pushvalue(L, top + 2); /* the callID (prepare_request's first push), kept */
         lua_rawseti(L, B_ANCHOR, (int)(sl - b->slots) + 1);
         j->call_id = call_id;
         if (sl->plan.unzip) { /* each call's recordings in a directory of its own */
@@ -1823,7 +1885,7 @@ static double batch_fill(lua_State *L, batch *b, const cms_retry_policy *policy)
 
     for (i = 0; i < b->n; i++) {
         slot *sl = &b->slots[i];
-        if (sl->running || (b->stop && !sl->req))
+        if (sl->running || b->stop)
             continue;
         if (sl->req && sl->wake > now) {
             if (sl->wake - now < next)
@@ -1896,10 +1958,7 @@ static void batch_progress(lua_State *L, batch *b)
     set_int_field(L, "bytes", (lua_Integer)bytes);
     set_int_field(L, "active", b->active);
     go_on = batch_callback(L, b, 1);
-    if (!go_on && !b->stop) {
-        b->stop = 2;
-        cms_error_set(&b->stop_err, CMS_E_CANCELLED, "not attempted: the batch was stopped");
-    }
+    batch_stop_if(b, go_on);
 }
 
 /* Stopped: in-flight transfers are aborted (their files never appear). */
@@ -2042,7 +2101,7 @@ static int batch_directory(const char *dir)
 static batch *batch_new(lua_State *L, client *c)
 {
     int conc = 4, unzip = 0, retries = -1, i;
-    long long max_size = 0;
+    long long max_size = 0; /* 0: not given */
     batch *b;
 
     if (!lua_isnil(L, B_OPTS)) {
@@ -2074,10 +2133,21 @@ static batch *batch_new(lua_State *L, client *c)
             luaL_error(L, "client:download_many: libcurl could not be initialised");
         b->n = i + 1;
         sl->plan.unzip = unzip;
-        sl->plan.max_size = max_size ? max_size : c->max_size;
+        sl->plan.max_size = max_size;
         sl->plan.retries = retries;
     }
     return b;
+}
+
+/* The batch under lua_pcall, with download_many's stack (B_* and the policy):
+   a Lua error that unwinds it still leaves the client usable. */
+static int batch_run(lua_State *L)
+{
+    batch *b = lua_touserdata(L, B_BATCH);
+
+    batch_loop(L, b, lua_touserdata(L, B__TOP + 1));
+    batch_rest(L, b);
+    return 0;
 }
 
 /* client:download_many(reqs[, opts]) -> results */
@@ -2087,7 +2157,7 @@ static int l_download_many(lua_State *L)
     cms_retry_policy policy;
     batch *b;
     const char *dir;
-    int i;
+    int i, rc;
 
     luaL_checktype(L, B_REQS, LUA_TTABLE);
     luaL_argcheck(L, lua_gettop(L) <= 3, 4, "found too many arguments");
@@ -2115,11 +2185,10 @@ static int l_download_many(lua_State *L)
                    strerror(errno));
     if (b->slots[0].plan.unzip && !dir)
         luaL_error(L, "client:download_many: opts.unzip needs opts.dir");
-    for (i = 0; i < b->n; i++) {
+    for (i = 0; i < b->n; i++) { /* as download_file, or download (memory: the client's limit) */
         b->slots[i].plan.path = b->slots[i].plan.unzip ? NULL : dir;
-        if (dir && !b->slots[i].plan.unzip)
-            b->slots[i].plan.max_size = b->slots[i].plan.max_size == c->max_size
-                                            ? 0 : b->slots[i].plan.max_size;
+        if (!dir && !b->slots[i].plan.max_size)
+            b->slots[i].plan.max_size = c->max_size;
     }
     policy.retries = b->slots[0].plan.retries >= 0 ? b->slots[0].plan.retries : c->retries;
     policy.base_ms = CMS_RETRY_BASE_MS;
@@ -2128,12 +2197,18 @@ static int l_download_many(lua_State *L)
     claim_client(L, c);
     cms_conn_set_drop_unclean(&c->conns); /* idle now: nothing may wait on them */
     c->busy = BUSY_CALL;
-    batch_loop(L, b, &policy);
+    lua_pushvalue(L, CJSON_UPVALUE);
+    lua_pushcclosure(L, batch_run, 1);
+    for (i = 1; i <= B__TOP; i++)
+        lua_pushvalue(L, i);
+    lua_pushlightuserdata(L, &policy);
+    rc = lua_pcall(L, B__TOP + 1, 0, 0);
     c->busy = BUSY_NOT;
-    batch_rest(L, b);
-    lua_pushcfunction(L, batch_gc);
+    lua_pushcfunction(L, batch_gc); /* every handle given back, whatever happened */
     lua_pushvalue(L, B_BATCH);
     lua_call(L, 1, 0);
+    if (rc != 0)
+        return lua_error(L); /* out of memory, an error in a __gc: as it came */
     if (b->stop == 3) {
         lua_getfield(L, B_ANCHOR, "raise");
         return lua_error(L);

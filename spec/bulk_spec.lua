@@ -112,6 +112,34 @@ describe("retries", function()
     c:close()
   end)
 
+  it("a device written into is not retried after its first byte", function()
+    local out = H.run_lua(([[
+      local cmsrec = require "cmsrec"
+      local c = cmsrec.new{ base_url = %q, ak = %q, sk = %q, cafile = %q, retries = 2 }
+      local info, err = c:download_file({ callID = "retry-1-drop-20000" }, "/dev/stderr")
+      io.stdout:write("RESULT ", tostring(info), " ", err.kind, " ", err.attempts, "\n")
+    ]]):format(mock.url, H.AK, H.SK, mock.ca))
+    assert.matches("RESULT nil network 1", out)
+  end)
+
+  it("a reader is paced by max_rate and tried again before its first byte", function()
+    local c = H.client{ max_rate = 4, retries = 2 }
+    for i = 1, 3 do
+      for _ in c:chunks({ callID = "wav-" .. (300 + i) }) do end
+    end
+    local t = mock.stats().request_times
+    for i = 2, 3 do assert.is_true(t[i] - t[i - 1] >= 0.23, "spacing " .. (t[i] - t[i - 1])) end
+    local reader = assert(c:reader({ callID = "retry-1-503-1000" }))
+    local parts = {}
+    for chunk in reader do parts[#parts + 1] = chunk end
+    assert.equal(mock.expect("wav-1000").sha256, H.sha256(table.concat(parts)))
+    assert.equal(2, reader:info().attempts)
+    local _, err = c:reader({ callID = "retry-3-503-1000" }, { retries = 1 })()
+    assert.equal("http", err.kind)
+    assert.equal(2, err.attempts)
+    c:close()
+  end)
+
   it("max_rate paces a client's requests", function()
     local c = H.client{ max_rate = 5 }
     for i = 1, 6 do assert(c:download{ callID = "wav-" .. (100 + i) }) end
@@ -251,6 +279,72 @@ describe("client:download_many", function()
       client:download_many(ids("wav-", 5), { on_result = function() error("boom") end })
     end)
     assert.is_string(client:download{ callID = "wav-100" }) -- the client is free again
+  end)
+
+  -- from an independent review of download_many
+  it("never takes a stray answer on a kept-alive connection for the next recording", function()
+    local c = H.client{ max_rate = 1.5 } -- extra-N's stray answer comes 0.3 s after it
+    local r = c:download_many({ { callID = "extra-1000" }, { callID = "wav-5000" },
+      { callID = "wav-7000" } }, { concurrency = 1 })
+    assert.equal(3, r.ok)
+    for i, id in ipairs{ "extra-1000", "wav-5000", "wav-7000" } do
+      assert.equal(mock.expect(id).sha256, H.sha256(r[i].data), id)
+      assert.equal(1, r[i].info.attempts) -- the request was never sent on the bad connection
+    end
+    assert.equal(1, mock.stats().extra_sent)
+    c:close()
+  end)
+
+  it("on_result returning false stops in-flight transfers also after an auth stop", function()
+    local t0 = now()
+    local r = client:download_many({ { callID = "auth-401" }, { callID = "slowwav-6" },
+      { callID = "slowwav-6" }, { callID = "wav-100" } }, {
+      dir = dir, concurrency = 3, on_result = function() return false end })
+    assert.is_true(now() - t0 < 3)
+    assert.equal(0, r.ok)
+    assert.equal("cancelled", r[2].err.kind)
+    assert.equal("cancelled", r[3].err.kind)
+    assert.equal("", H.ls(dir))
+  end)
+
+  it("raises the first error of a callback once, and calls no callback after it", function()
+    local calls = 0
+    local ok, err = pcall(client.download_many, client, ids("wav-", 6, 500), {
+      concurrency = 3, on_result = function() calls = calls + 1; error("boom " .. calls) end })
+    assert.is_false(ok)
+    assert.matches("boom 1$", err)
+    assert.equal(1, calls)
+  end)
+
+  it("leaves the client usable when an error unwinds the batch (a failing __gc)", function()
+    local c = H.client()
+    local mt = { __gc = function() error("gc boom") end }
+    collectgarbage()
+    collectgarbage("stop")
+    for _ = 1, 20000 do
+      if newproxy then getmetatable(newproxy(true)).__gc = mt.__gc else setmetatable({}, mt) end
+    end
+    collectgarbage("restart")
+    pcall(c.download_many, c, ids("wav-", 100, 20000), { concurrency = 8 })
+    mt.__gc = nil
+    collectgarbage("stop") -- the proxies' finalizers are their own: keep them from the check
+    assert.is_string(c:download{ callID = "wav-100" }) -- not "busy"
+    c:close()
+    collectgarbage("restart")
+    pcall(collectgarbage)
+  end)
+
+  it("limits sizes as download_file (to a directory) and download (in memory) do", function()
+    local c = H.client{ max_size = 5000 }
+    local r = c:download_many({ { callID = "wav-10000" } }, { dir = dir })
+    assert.equal(1, r.ok) -- the client's max_size is for memory
+    r = c:download_many({ { callID = "wav-10000" } }, { dir = dir, max_size = 5000 })
+    assert.equal("too_large", r[1].err.kind)
+    r = c:download_many({ { callID = "wav-10000" } }, { dir = dir .. "/u", unzip = true })
+    assert.equal(1, r.ok)
+    r = c:download_many({ { callID = "wav-10000" } })
+    assert.equal("too_large", r[1].err.kind)
+    c:close()
   end)
 
   it("max_rate paces a batch too", function()

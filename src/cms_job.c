@@ -114,6 +114,23 @@ static int job_progress(void *ud, long long received, long long total, cms_error
     return j->progress(j->progress_ud, received, total, err);
 }
 
+/* A device, FIFO or descriptor written into as bytes come: what it got is
+   the caller's, as with a sink (no retry after the first byte). */
+static int direct_begin(void *ud, long long total, cms_format fmt, cms_error *err)
+{
+    cms_job *j = ud;
+
+    return j->sink.begin ? j->sink.begin(j->sink.ud, total, fmt, err) : 0;
+}
+
+static int direct_write(void *ud, const char *p, size_t n, cms_error *err)
+{
+    cms_job *j = ud;
+
+    j->visible += (long long)n;
+    return j->sink.write(j->sink.ud, p, n, err);
+}
+
 /* The caller's sink, with the digest of what it got. */
 static int sink_write(void *ud, const char *p, size_t n, cms_error *err)
 {
@@ -162,6 +179,12 @@ static int open_destination(cms_job *j)
             return -1;
         j->file.unzip = j->unzip;
         io->sink = cms_file_sink_callbacks(&j->file);
+        if (j->file.direct) {
+            j->sink = io->sink;
+            io->sink.begin = direct_begin;
+            io->sink.write = direct_write;
+            io->sink.ud = j;
+        }
         break;
     case CMS_DEST_SINK:
         if (cms_sha256_init(&j->sha) != 0)
@@ -254,6 +277,8 @@ int cms_job_finish(cms_job *j, CURLcode rc)
 
     if (failed)
         cms_file_sink_close(&j->file); /* no partial file, an existing one untouched */
+    if (j->t.stray)
+        j->attempts--; /* not sent: it was no attempt (retried at once, see on_prereq) */
     return failed ? -1 : 0;
 }
 

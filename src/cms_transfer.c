@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -338,6 +340,56 @@ void cms_conn_set_drop_unclean(const cms_conn_set *s)
         drop_if_unclean(s->fds[i]);
 }
 
+/* The tracked socket whose local port is `port` (our end of a connection). */
+static curl_socket_t socket_by_port(const cms_conn_set *s, int port)
+{
+    struct sockaddr_storage a;
+    socklen_t len;
+    size_t i;
+
+    for (i = 0; i < s->n; i++) {
+        len = sizeof a;
+        if (getsockname(s->fds[i], (struct sockaddr *)&a, &len) != 0)
+            continue;
+        if ((a.ss_family == AF_INET && ntohs(((struct sockaddr_in *)&a)->sin_port) == port) ||
+            (a.ss_family == AF_INET6 && ntohs(((struct sockaddr_in6 *)&a)->sin6_port) == port))
+            return s->fds[i];
+    }
+    return CURL_SOCKET_BAD;
+}
+
+/*
+ * Just before the request goes out on a connection: one reused from the pool
+ * must have nothing waiting (see cms_conn_set). This catches what the check
+ * before a transfer cannot while other transfers run side by side (a batch).
+ * A stray answer: the socket is shut down, the request is not sent, and the
+ * caller starts it again on a new connection.
+ */
+static int on_prereq(void *ud, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port)
+{
+    transfer_ctx *ctx = ud;
+    const cms_transfer_config *cfg = ctx->cfg;
+    long fresh = 0;
+    curl_socket_t sock;
+    struct pollfd p;
+
+    (void)primary_ip, (void)local_ip, (void)primary_port;
+    if (curl_easy_getinfo(ctx->h, CURLINFO_NUM_CONNECTS, &fresh) != CURLE_OK || fresh > 0)
+        return CURL_PREREQFUNC_OK; /* a new connection: TLS may still have records to read */
+    sock = socket_by_port(cfg->conns, local_port);
+    if (sock == CURL_SOCKET_BAD)
+        return CURL_PREREQFUNC_OK;
+    p.fd = sock;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, 0) <= 0)
+        return CURL_PREREQFUNC_OK;
+    shutdown(sock, SHUT_RDWR);
+    ctx->stray = 1;
+    return CURL_PREREQFUNC_ABORT;
+}
+
 /* An idle kept-alive connection must have nothing to read (see cms_conn_set). */
 static void drop_unclean_connections(CURL *h, const cms_transfer_config *cfg)
 {
@@ -373,6 +425,10 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_OPENSOCKETDATA, cfg->conns);
         SET(CURLOPT_CLOSESOCKETFUNCTION, close_socket);
         SET(CURLOPT_CLOSESOCKETDATA, cfg->conns);
+#if LIBCURL_VERSION_NUM >= 0x075000
+        SET(CURLOPT_PREREQFUNCTION, on_prereq);
+        SET(CURLOPT_PREREQDATA, ctx);
+#endif
     }
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     if (cfg->no_reuse) {
@@ -489,6 +545,7 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     t->resp = resp;
     t->err = err;
     t->url = url;
+    t->cfg = cfg;
     /* last_progress stays zero: the first report comes as soon as the recording starts */
     drop_unclean_connections(h, cfg);
     curl_easy_reset(h);
@@ -509,6 +566,13 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
         curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &resp->status);
     if (t->failed)
         return -1;
+    if (t->stray) { /* nothing was sent: start again, on a new connection */
+        cms_error_set(t->err, CMS_E_NETWORK, "an unrequested answer waited on the kept-alive "
+                      "connection to %s: it was closed before the request was sent", t->url);
+        t->err->retryable = 1;
+        t->err->retry_after = 0;
+        return -1;
+    }
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t->limit_hit))
         return transport_error(t->h, rc, t->errbuf, t->url, t->err);
     /* a body shorter than the sniffing window is decided at the end */

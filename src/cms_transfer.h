@@ -119,11 +119,13 @@ typedef struct cms_transfer {
     cms_response *resp;
     cms_error *err;
     const char *url;
+    const struct cms_transfer_config *cfg;
     int route;          /* enum route in cms_transfer.c */
     int started;        /* first body byte seen: status known */
     int limit_hit;      /* an oversized answer stopped on purpose */
     int failed;         /* the sink or progress set err and aborted */
     int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
+    int stray;          /* a reused connection held an unrequested answer: not sent */
     struct timespec last_progress;
     char errbuf[CURL_ERROR_SIZE];
 } cms_transfer;
