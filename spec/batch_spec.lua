@@ -350,7 +350,8 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.equal("b\na\n", r.out)
       assert.matches("2 calls %(3 in the input, 1 duplicate%)", r.err)
       for _, args in ipairs({ "-o out", "--input nothere.csv", "--input . -o out", "--input in.jsonl --shard 3/3",
-                              "--input in.jsonl --concurrency 0", "--input in.jsonl --concurrency 65", "--input in.jsonl --retries 11",
+                              "--input in.jsonl --concurrency 0", "--input in.jsonl --concurrency 65",
+                              "--input in.jsonl --retries 11",
                               "--input in.jsonl --max-rate -1", "--input in.jsonl --bogus" }) do
         r = batch(args, { cd = tmp, env = DRY_ENV })
         assert.equal(2, r.code, args .. ": " .. r.err)
