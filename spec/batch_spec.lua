@@ -90,10 +90,17 @@ local function raised(fn, ...)
   return e.kind, e.message
 end
 
-local function ids_of(records)
+local function ids_of(reqs)
   local ids = {}
-  for i, r in ipairs(records) do ids[i] = r.req.callID end
+  for i, req in ipairs(reqs) do ids[i] = req.callID end
   return ids
+end
+
+-- The rows of a CSV text: { {fields, line}, ... }.
+local function csv_rows(text)
+  local rows = {}
+  CLI.csv_rows(text, "x", function(fields, line) rows[#rows + 1] = { fields, line } end)
+  return rows
 end
 
 local function journal_entries(path)
@@ -256,20 +263,19 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
         ",,\r\n" ..
         '"multi\r\nline" , 20250530120001,"x\ny"\r\n' ..
         "  spaced  ,,last line without a newline"
-      local records = parse(text)
-      assert.same({ "1748587841-77268", "a,b", "multi\r\nline", "spaced" }, ids_of(records))
-      assert.same({ 2, 4, 6, 9 }, { records[1].line, records[2].line, records[3].line, records[4].line })
-      assert.same({ callID = "1748587841-77268", beginTime = "20250530120000" }, records[1].req)
-      assert.same({ callID = "a,b" }, records[2].req) -- an empty value is no value
-      assert.equal("20250530120001", records[3].req.beginTime)
+      local reqs, lines = parse(text)
+      assert.same({ "1748587841-77268", "a,b", "multi\r\nline", "spaced" }, ids_of(reqs))
+      assert.same({ 2, 4, 6, 9 }, lines)
+      assert.same({ callID = "1748587841-77268", beginTime = "20250530120000" }, reqs[1])
+      assert.same({ callID = "a,b" }, reqs[2]) -- an empty value is no value
+      assert.equal("20250530120001", reqs[3].beginTime)
       -- the raw rows, extra column included
-      local rows = CLI.csv_rows('a,"b ""c"" d",e\n', "x")
-      assert.same({ "a", 'b "c" d', "e" }, rows[1].fields)
-      assert.same({}, CLI.csv_rows('""\n"",""\n , \n', "x")) -- empty fields only: blank rows
+      assert.same({ { { "a", 'b "c" d', "e" }, 1 }, { { "f", "", "" }, 2 } }, csv_rows('a,"b ""c"" d",e\nf,,'))
+      assert.same({}, csv_rows('""\n"",""\n , \n')) -- empty fields only: blank rows
       -- every known column, in any order; a header only: no calls
-      records = parse("calleeNo,callerNo,workNo,beginTime,callID\n5,4,3,20250101000000,1\n")
+      reqs = parse("calleeNo,callerNo,workNo,beginTime,callID\n5,4,3,20250101000000,1\n")
       assert.same({ callID = "1", beginTime = "20250101000000", workNo = "3", callerNo = "4", calleeNo = "5" },
-        records[1].req)
+        reqs[1])
       assert.same({}, parse("callID\r\n"))
     end)
 
@@ -294,11 +300,11 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
     end)
 
     it("JSON lines: found by a leading '{', keys in any case, numbers as digits, bad lines named", function()
-      local records = parse('\239\187\191\n  {"callID": "a", "beginTime": "20250530120000", "x": [1]}\r\n\n' ..
+      local reqs, lines = parse('\239\187\191\n  {"callID": "a", "beginTime": "20250530120000", "x": [1]}\r\n\n' ..
         '{"CALLID": 1748587841, "workno": 7, "callerNo": null, "calleeNo": ""}\n{"callID":"c"}')
-      assert.same({ "a", "1748587841", "c" }, ids_of(records))
-      assert.same({ 2, 4, 5 }, { records[1].line, records[2].line, records[3].line })
-      assert.same({ callID = "1748587841", workNo = "7" }, records[2].req)
+      assert.same({ "a", "1748587841", "c" }, ids_of(reqs))
+      assert.same({ 2, 4, 5 }, lines)
+      assert.same({ callID = "1748587841", workNo = "7" }, reqs[2])
       local cases = {
         { '{"callID":"a"}\n{"callID": "b"\n', "in.csv, line 2: not a JSON object" },
         { '{"callID":"a"}\n[1]\n', "in.csv, line 2: not a JSON object" },
@@ -315,11 +321,14 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
     end)
 
     it("a callID listed twice is downloaded once; two that share a file name are refused", function()
-      local list, dups = CLI.unique(parse("callID,workNo\na,1\nb,2\na,3\na,4\n"), "in.csv")
+      local reqs, lines = parse("callID,workNo\na,1\nb,2\na,3\na,4\n")
+      local list, list_lines, dups = CLI.unique(reqs, lines, "in.csv")
       assert.same({ "a", "b" }, ids_of(list))
-      assert.equal("1", list[1].req.workNo) -- the first one
+      assert.same({ 2, 3 }, list_lines)
+      assert.equal("1", list[1].workNo) -- the first one
       assert.equal(2, dups)
-      local kind, msg = raised(CLI.unique, parse("callID\na/b\nc\na_b\n"), "in.csv")
+      reqs, lines = parse("callID\na/b\nc\na_b\n")
+      local kind, msg = raised(CLI.unique, reqs, lines, "in.csv")
       assert.equal("usage", kind)
       assert.matches("lines 2 and 4: the call IDs 'a/b' and 'a_b' would be saved under the same name 'a_b'", msg)
       assert.equal("a_b", CLI.safe_name("a/b"))
