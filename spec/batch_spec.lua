@@ -128,6 +128,19 @@ describe("cmsrec batch", function()
   before_each(function() tmp = H.capture("mktemp -d /tmp/cmsrec-batch.XXXXXX"):gsub("%s+$", "") end)
   after_each(function() H.capture("rm -rf " .. q(tmp)) end)
 
+  it("help batch: the options, the input formats, the journal and the exit codes", function()
+    local r = H.cli("help batch")
+    assert.equal(0, r.code, r.err)
+    for _, word in ipairs({ "--input", "--output", "--concurrency", "--retries", "--max-rate", "--unzip", "--shard",
+                            "JOB_COMPLETION_INDEX", "--journal", "--dry-run", "--json", "--quiet", "CSV", "JSON lines",
+                            "FNV-1a", "exit codes of batch", "kill -9" }) do
+      assert.truthy(r.out:find(word, 1, true), "help batch does not mention " .. word)
+    end
+    assert.is_nil(r.out:find("exit codes of get", 1, true))
+    r = H.cli("help")
+    assert.truthy(r.out:find("batch      download the calls listed", 1, true))
+  end)
+
   describe("shards", function()
     it("FNV-1a 32 of the callID's bytes, as Python computes it (the documented hash)", function()
       -- the published FNV-1a 32 vectors, then generated IDs, bytes 128-255 and a long one
