@@ -673,6 +673,18 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.equal(2, r.code)
     end)
 
+    it("--max-rate R: requests spaced 1/R s apart, whatever the concurrency", function()
+      H.write_file(tmp .. "/calls.csv", "callID\nwav-1001\nwav-1002\nwav-1003\nwav-1004\nwav-1005\n")
+      local r = batch("--input calls.csv -o out --concurrency 5 --max-rate 5 --quiet", { cd = tmp })
+      assert.equal(0, r.code, r.err)
+      local times = mock.stats().request_times
+      assert.equal(5, #times)
+      for k = 2, 5 do
+        local gap = times[k] - times[k - 1]
+        assert.is_true(gap >= 0.15, ("request %d came %.3f s after"):format(k, gap))
+      end
+    end)
+
     it("progress: a line redrawn on a terminal, plain lines in a log, nothing with --quiet", function()
       H.write_file(tmp .. "/calls.csv", "callID\nslowwav-1\nwav-1002\n")
       local r = batch("--input calls.csv -o out", { cd = tmp, tty = true, limit = 20 })
