@@ -599,7 +599,15 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       local r = H.run("sh -c " .. q(cmd .. " & pid=$!; sleep 1; kill -9 $pid; wait $pid"),
         { cd = tmp, env = H.mock_env() })
       assert.equal(137, r.code, r.err) -- 128 + SIGKILL
-      assert.same({}, strays(tmp .. "/out", { "wav-1001.wav", "wav-1002.wav" }))
+      local left = strays(tmp .. "/out", { "wav-1001.wav", "wav-1002.wav" })
+      if H.under_asan() then
+        -- the asan build is made without O_TMPFILE, to test the module's fallback: a hidden
+        -- named temporary file, which a kill -9 leaves (never under the recording's name)
+        assert.is_true(#left <= 1, table.concat(left, " "))
+        if left[1] then assert.matches("^%.cmsrec%-%x+$", left[1]) end
+        left = {}
+      end
+      assert.same({}, left)
       assert.is_false(H.exists(tmp .. "/out/slowwav-2.wav"))
       local e = journal_entries(tmp .. "/out/.cmsrec-journal") -- every line parses
       assert.equal(2, #e)
@@ -613,7 +621,26 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.is_nil(per_call["wav-1002"])
       assert.equal(1, per_call["slowwav-2"])
       assert.equal(mock.expect("wav-160044").sha256, H.sha256(H.read_file(tmp .. "/out/slowwav-2.wav")))
-      assert.same({}, strays(tmp .. "/out", { "wav-1001.wav", "wav-1002.wav", "wav-1003.wav", "slowwav-2.wav" }))
+      local left = strays(tmp .. "/out", { "wav-1001.wav", "wav-1002.wav", "wav-1003.wav", "slowwav-2.wav" })
+      if H.under_asan() and left[1] then assert.matches("^%.cmsrec%-%x+$", left[1]) left = {} end
+      assert.same({}, left)
+    end)
+
+    it("hidden temporary files left by a killed download (no O_TMPFILE) go after an hour", function()
+      H.capture("mkdir " .. q(tmp .. "/out"))
+      for _, name in ipairs({ ".cmsrec-0123456789ab", ".cmsrec-ba9876543210", ".cmsrec-notatempfile",
+                              "keep.wav" }) do
+        H.write_file(tmp .. "/out/" .. name, "partial")
+      end
+      -- two of them untouched for two hours; the other two are another batch's, or no temporary
+      H.capture("touch -d '2 hours ago' " .. q(tmp .. "/out/.cmsrec-0123456789ab") .. " " ..
+        q(tmp .. "/out/.cmsrec-notatempfile") .. " " .. q(tmp .. "/out/keep.wav"))
+      H.write_file(tmp .. "/calls.csv", "callID\nwav-1001\n")
+      local r = batch("--input calls.csv -o out", { cd = tmp })
+      assert.equal(0, r.code, r.err)
+      assert.matches("note: removed out/%.cmsrec%-0123456789ab, left by a download that was killed", r.err)
+      assert.same({ ".cmsrec-ba9876543210", ".cmsrec-journal", ".cmsrec-notatempfile", "keep.wav", "wav-1001.wav" },
+        H.listing(tmp .. "/out"))
     end)
 
     it("Ctrl-C: exit 6 at once, no partial file, a journal line per finished call; the same command goes on", function()
