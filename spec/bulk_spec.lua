@@ -318,20 +318,20 @@ describe("client:download_many", function()
 
   it("leaves the client usable when an error unwinds the batch (a failing __gc)", function()
     local c = H.client()
-    local mt = { __gc = function() error("gc boom") end }
+    local armed = true
+    local function boom() if armed then error("gc boom") end end
     collectgarbage()
     collectgarbage("stop")
-    for _ = 1, 20000 do
-      if newproxy then getmetatable(newproxy(true)).__gc = mt.__gc else setmetatable({}, mt) end
+    for _ = 1, 20000 do -- userdata in 5.1 and LuaJIT (newproxy), tables elsewhere
+      if newproxy then getmetatable(newproxy(true)).__gc = boom
+      else setmetatable({}, { __gc = boom }) end
     end
     collectgarbage("restart")
     pcall(c.download_many, c, ids("wav-", 100, 20000), { concurrency = 8 })
-    mt.__gc = nil
-    collectgarbage("stop") -- the proxies' finalizers are their own: keep them from the check
+    armed = false -- what is left of them finalizes quietly, here or in later specs
     assert.is_string(c:download{ callID = "wav-100" }) -- not "busy"
     c:close()
-    collectgarbage("restart")
-    pcall(collectgarbage)
+    collectgarbage()
   end)
 
   it("limits sizes as download_file (to a directory) and download (in memory) do", function()
