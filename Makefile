@@ -38,7 +38,7 @@ ASAN_MODULE_FLAGS = $(ASAN_FLAGS) -DCMS_NO_O_TMPFILE
 # Every Lua of the matrix (luajit2 is OpenResty's LuaJIT, the one the nginx
 # Lua module is built with), and nginx with that module for the OpenResty tests.
 DEB_PACKAGES = make gcc pkg-config lua-cjson libcurl4-openssl-dev libssl-dev libzip-dev \
-               luarocks lua-busted lua-socket python3 openssl ca-certificates curl \
+               luarocks lua-busted lua-socket python3 python3-yaml openssl ca-certificates curl \
                lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
                lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua
 
