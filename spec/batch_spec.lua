@@ -292,6 +292,15 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
       assert.same({}, parse("callID\r\n"))
     end)
 
+    -- each {input, message}: parsing it is a usage error that starts with message
+    local function assert_usage_errors(cases)
+      for _, c in ipairs(cases) do
+        local kind, msg = raised(parse, c[1])
+        assert.equal("usage", kind)
+        assert.equal(c[2], msg:sub(1, #c[2]), msg)
+      end
+    end
+
     it("CSV: a bad line is a usage error naming its line", function()
       local cases = {
         { "callID\nx\n\"open\n\nstill open\n", "in.csv, line 3: a quoted field has no closing quote" },
@@ -305,11 +314,7 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
         { "\n\ncallid,CALLID\nx,y\n", "in.csv, line 3: two callID columns" },
         { "", "in.csv is empty" },
       }
-      for _, c in ipairs(cases) do
-        local kind, msg = raised(parse, c[1])
-        assert.equal("usage", kind)
-        assert.equal(c[2], msg:sub(1, #c[2]), msg)
-      end
+      assert_usage_errors(cases)
     end)
 
     it("JSON lines: found by a leading '{', keys in any case, numbers as digits, bad lines named", function()
@@ -326,11 +331,7 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
         { '{"callID":1.5}\n', "in.csv, line 1: callID must be a string or a whole number" },
         { '{"callID":"a","beginTime":{}}\n', "in.csv, line 1: beginTime must be a string" },
       }
-      for _, c in ipairs(cases) do
-        local kind, msg = raised(parse, c[1])
-        assert.equal("usage", kind)
-        assert.equal(c[2], msg:sub(1, #c[2]), msg)
-      end
+      assert_usage_errors(cases)
     end)
 
     it("a callID listed twice is downloaded once; two that share a file name are refused", function()

@@ -282,13 +282,19 @@ int cms_job_finish(cms_job *j, CURLcode rc)
     return failed ? -1 : 0;
 }
 
-void cms_job_reset(cms_job *j)
+/* What one attempt holds; a temporary file left by a failure is removed. */
+static void free_attempt(cms_job *j)
 {
     cms_response_free(&j->resp);
     cms_mem_sink_free(&j->mem);
     cms_file_sink_close(&j->file);
     cms_sha256_free(&j->sha);
     cms_zip_list_free(&j->zip);
+}
+
+void cms_job_reset(cms_job *j)
+{
+    free_attempt(j);
     cms_error_clear(&j->err);
     j->reported = -1;
     j->sha256[0] = '\0';
@@ -305,9 +311,5 @@ void cms_job_end(cms_job *j, int failed)
 
 void cms_job_free(cms_job *j)
 {
-    cms_response_free(&j->resp);
-    cms_mem_sink_free(&j->mem);
-    cms_file_sink_close(&j->file);
-    cms_sha256_free(&j->sha);
-    cms_zip_list_free(&j->zip);
+    free_attempt(j);
 }
