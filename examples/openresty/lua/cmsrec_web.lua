@@ -31,6 +31,9 @@ function M.config()
     timeout = tonumber(os.getenv("CMSREC_TIMEOUT") or "") or 300,
     connect_timeout = 5,
     stall_timeout = 30,
+    -- a browser is waiting: no retries behind its back; a 503's Retry-After
+    -- reaches it with the JSON 502, and it decides
+    retries = 0,
   }
 end
 
