@@ -1040,17 +1040,25 @@ static int attempt(lua_State *L, client *c, dl_ctx *d)
     return cms_job_finish(j, cms_transfer_run(&j->t, c->multi));
 }
 
+/* The retry policy of a call: opts.retries (-1: the client's), the backoff's defaults. */
+static cms_retry_policy retry_policy(const client *c, int retries)
+{
+    cms_retry_policy p;
+
+    p.retries = retries >= 0 ? retries : c->retries;
+    p.base_ms = CMS_RETRY_BASE_MS;
+    p.max_ms = CMS_RETRY_MAX_MS;
+    p.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    return p;
+}
+
 /* Attempts until one succeeds or the retry policy says no more. */
 static int run_attempts(lua_State *L, client *c, dl_ctx *d)
 {
     cms_job *j = &d->s->job;
-    cms_retry_policy policy;
+    cms_retry_policy policy = retry_policy(c, d->plan->retries);
     long delay;
 
-    policy.retries = d->plan->retries >= 0 ? d->plan->retries : c->retries;
-    policy.base_ms = CMS_RETRY_BASE_MS;
-    policy.max_ms = CMS_RETRY_MAX_MS;
-    policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
     for (;;) {
         if (attempt(L, c, d) == 0)
             return 0;
@@ -1589,10 +1597,7 @@ static int reader_start(lua_State *L, reader *r)
         j->progress_ud = &r->d;
     }
     j->json = json_fields;
-    r->policy.retries = r->plan.retries >= 0 ? r->plan.retries : r->c->retries;
-    r->policy.base_ms = CMS_RETRY_BASE_MS;
-    r->policy.max_ms = CMS_RETRY_MAX_MS;
-    r->policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    r->policy = retry_policy(r->c, r->plan.retries);
     return reader_begin(L, r, 2);
 }
 
@@ -2190,10 +2195,7 @@ static int l_download_many(lua_State *L)
         if (!dir && !b->slots[i].plan.max_size)
             b->slots[i].plan.max_size = c->max_size;
     }
-    policy.retries = b->slots[0].plan.retries >= 0 ? b->slots[0].plan.retries : c->retries;
-    policy.base_ms = CMS_RETRY_BASE_MS;
-    policy.max_ms = CMS_RETRY_MAX_MS;
-    policy.retry_after_max_ms = CMS_RETRY_AFTER_MAX_MS;
+    policy = retry_policy(c, b->slots[0].plan.retries);
     claim_client(L, c);
     cms_conn_set_drop_unclean(&c->conns); /* idle now: nothing may wait on them */
     c->busy = BUSY_CALL;
