@@ -92,7 +92,7 @@ static void on_first_byte(transfer_ctx *ctx)
 
     ctx->started = 1;
     curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &ctx->resp->status);
-    if (ctx->resp->status / 100 != 2)
+    if (ctx->resp->status / 100 != 2 || ctx->io->answer_max > 0)
         ctx->route = ROUTE_ANSWER;
     else if (!ctx->encoded &&
              curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
@@ -120,7 +120,7 @@ static int decide_route(transfer_ctx *ctx)
     cms_buf *held = &r->body;
 
     r->format = cms_sniff((const unsigned char *)held->data, held->len);
-    if (r->format == CMS_FMT_JSON || r->format == CMS_FMT_TEXT) {
+    if (r->format == CMS_FMT_JSON || r->format == CMS_FMT_TEXT || ctx->io->answer_max > 0) {
         ctx->route = ROUTE_ANSWER;
         return 0;
     }
@@ -136,13 +136,22 @@ static int decide_route(transfer_ctx *ctx)
     return 0;
 }
 
+/* How much of an answer is kept: error bodies are small, a call's answer is its result. */
+static size_t answer_limit(const transfer_ctx *ctx)
+{
+    if (ctx->io->answer_max > 0 && ctx->resp->status / 100 == 2)
+        return (size_t)ctx->io->answer_max;
+    return CMS_ERROR_BODY_MAX;
+}
+
 static int keep_answer(transfer_ctx *ctx, const char *p, size_t len)
 {
     cms_buf *body = &ctx->resp->body;
+    size_t max = answer_limit(ctx);
 
-    if (body->len + len > CMS_ERROR_BODY_MAX) {
+    if (body->len + len > max) {
         /* keep what fits, then stop reading: answers are bounded */
-        cms_buf_append(body, p, CMS_ERROR_BODY_MAX - body->len);
+        cms_buf_append(body, p, max - body->len);
         ctx->resp->truncated = 1;
         ctx->limit_hit = 1;
         return -1;
@@ -430,6 +439,8 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_PREREQDATA, ctx);
 #endif
     }
+    if (cfg->resolve) /* connect to the IP; SNI, certificate and Host keep the name */
+        SET(CURLOPT_RESOLVE, cfg->resolve);
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     if (cfg->no_reuse) {
         SET(CURLOPT_FRESH_CONNECT, 1L);

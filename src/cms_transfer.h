@@ -66,6 +66,8 @@ typedef struct cms_transfer_config {
                                  easy handle's last connection is checked) */
     int busy_conns;           /* other transfers run on them: no idle check */
     CURLSH *share;            /* TLS sessions and DNS shared by the client's handles, may be NULL */
+    /* gateways */
+    struct curl_slist *resolve; /* CURLOPT_RESOLVE entries "name:port:address", may be NULL */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
@@ -104,6 +106,10 @@ typedef struct cms_transfer_io {
     long long max_size;       /* 0 = none; more is kind too_large, whatever the sink */
     cms_progress_fn progress; /* may be NULL */
     void *progress_ud;
+    /* > 0: the answer itself is the result (client:call, the token endpoint):
+       every body stays in resp->body, never the sink, a 2xx one up to this
+       many bytes (then resp->truncated); non-2xx ones as always */
+    long long answer_max;
 } cms_transfer_io;
 
 /*
