@@ -119,6 +119,34 @@ may be fractional; answers the settings; reset puts it back to 0).
                     differences only; the clock is the server's)
   per_call          {callID: number of API POSTs that carried it} (401s included)
   per_call_times    {callID: [the receive times of its last 100 POSTs]}: for backoff
+
+Gateways (cms-protocol.md, "Other authentication seen in the field"):
+  Schemes. Every API and echo request is verified by the scheme its Authorization header
+  names (stats.last.scheme): "SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=..."
+  (the API gateway's signer, written here independently of the module: path segments
+  unquoted and quoted again with a trailing '/', header values as received; --self-test
+  checks vector V4), "Bearer <token>" with X-APP-Key = the AK (a token issued below, not
+  revoked or expired), else auth-v2. A failure is 401 resultCode 0100001.
+  Token endpoint: POST /apigovernance/api/oauth/tokenByAkSk {"app_key","app_secret"}
+  (no Authorization) answers 200 {"AccessToken","expiresIn"} for the mock's AK/SK, 401
+  {"error","message"} otherwise. Settings (/_mock/set, back to the default on reset):
+    token_ttl=S      lifetime of new tokens, 1..86400 s (default 3600), sent as expiresIn
+    token_mode=M     ok (default) | noaccess (200 {"resultCode":"1",...}: no AccessToken)
+                     | 503 (503 with Retry-After: 1)
+    bearer_reject=1  every bearer request is refused (401, the token quoted in resultDesc,
+                     as a careless gateway might): a refresh cannot help
+  /_mock/revoke (GET) revokes every token issued so far. Stats: tokens_issued,
+  token_requests (answered token requests, refusals included), waf_refused.
+  WAF port (ready.json waf_port, waf_name): HTTPS with a certificate for DNS:cms.example.test
+  and IP:127.0.0.1 (so that a connection by IP passes the certificate check and meets the
+  WAF), signed by the mock CA. A request whose TLS SNI is not cms.example.test (a
+  connection by IP sends none) is answered 418 {"error": ...}; with it, the port serves
+  exactly what the HTTPS port serves.
+  Echo: any other POST path containing /rest/ is verified like the API, recorded in
+  stats.last (and stats.requests), and answers 200
+  {"resultCode":"0","resultDesc":"success","resultData":{"echo": <the JSON sent>}}, unless
+  the body has "_reply": "array" (200 [1,2,3]), "html" (200 an HTML page), "status-C"
+  (status C, {"error": "mock C"}), "big-N" (200 a JSON object of about N bytes, N <= 64 MiB).
 """
 import argparse
 import collections
@@ -173,6 +201,14 @@ HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
 NUM_RE = re.compile(r"\d+(\.\d+)?", re.ASCII)
 RETRY_RE = re.compile(r"retry-(\d+)-(flow|503|429|drop|slow)-(\d+)", re.ASCII)
 DELAY_RE = re.compile(r"delay-(\d+)-(\d+)", re.ASCII)
+# gateways
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
+WAF_NAME = "cms.example.test"
+TOKEN_TTL = 3600           # default lifetime of a token, seconds
+TOKEN_MODES = ("ok", "noaccess", "503")
+APIG_RE = re.compile(r"SDK-HMAC-SHA256 Access=([^,\s]+), SignedHeaders=([^,\s]+), "
+                     r"Signature=([0-9a-f]{64})", re.ASCII)
+SDK_DATE_RE = re.compile(r"\d{8}T\d{6}Z", re.ASCII)
 
 
 def result(code, desc):
@@ -227,6 +263,49 @@ def sign(ak, sk, timestamp, signed_headers, canonical):
     return key, hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
+# ---------------------------------------------------------------- SDK-HMAC-SHA256 signer
+
+
+def apig_uri(path):
+    """Each segment unquoted, then quoted with only unreserved bytes kept; a trailing '/'."""
+    uri = "/".join(quote(unquote_to_bytes(seg), safe="~") for seg in path.split("/"))
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def apig_canonical(method, path, query, signed, values, body):
+    """query: [(key, value)] as bytes; signed: sorted lowercase names; values: {name: bytes}."""
+    q = "&".join(sorted(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query))
+    headers = b"".join(n.encode() + b":" + values[n].strip() + b"\n" for n in signed)
+    return b"\n".join([method.upper().encode(), apig_uri(path).encode(), q.encode(), headers,
+                       ";".join(signed).encode(), hashlib.sha256(body).hexdigest().encode()])
+
+
+def apig_sign(sk, date, canonical):
+    """(string to sign, signature)."""
+    sts = b"SDK-HMAC-SHA256\n" + date.encode() + b"\n" + \
+        hashlib.sha256(canonical).hexdigest().encode()
+    return sts, hmac.new(sk.encode(), sts, hashlib.sha256).hexdigest()
+
+
+def self_test_apig():
+    """Vector V4 of cms-protocol.md: [(name, got, want)]."""
+    values = {"content-type": b"application/json;charset=UTF-8", "host": b"10.22.26.181:28080",
+              "x-sdk-date": b"20241031T140652Z"}
+    canon = apig_canonical("POST", "/rest/cmsapp/v1/ping", [], sorted(values), values,
+                           b'{"say": "Hello world!"}')
+    sts, sig = apig_sign("example-sk-0123456789", "20241031T140652Z", canon)
+    return [
+        ("V4 canonical request", canon.decode(),
+         "POST\n/rest/cmsapp/v1/ping/\n\ncontent-type:application/json;charset=UTF-8\n"
+         "host:10.22.26.181:28080\nx-sdk-date:20241031T140652Z\n\ncontent-type;host;x-sdk-date\n"
+         "9a02a6785649cc14afb95999a3ddbb7bed2370840b9bca6d403c0b8dbf1d40a9"),
+        ("V4 string to sign", sts.decode(), "SDK-HMAC-SHA256\n20241031T140652Z\n"
+         "5a2899caf872bbfa54f09ca2b35f8f6c60fd803621d00b317ae68e46b5db1bc6"),
+        ("V4 signature", sig, "c34e6acee3d185e6c72e77d72331e863ad694280734904f68daaeb3046125adb"),
+        ("apig path encoding", apig_uri("/rest/a%41b/c!d"), "/rest/aAb/c%21d/"),
+    ]
+
+
 def self_test():
     ak, sk, ts = "globalaktest", "example-sk-0123456789", "2024-10-31T14:06:52Z"
     path, body = "/rest/cmsapp/v1/ping", b'{"say": "Hello world!"}'
@@ -254,7 +333,7 @@ def self_test():
         ("V3 canonical request", c3,
          "GET\n/rest/cmsapp/v1/ping\na=1%2F2&b=x%20y\nhost\nhost:10.22.26.181%3A28080\n"),
         ("V3 signature", s3, "bf9b5078cf12b5efd40b94a325e2297f2b94adeba6bcdfa9e5cbad643784bed0"),
-    ]
+    ] + self_test_apig()
     failed = [(name, got, want) for name, got, want in checks if got != want]
     for name, got, want in failed:
         print(f"self-test FAILED: {name}")
@@ -461,6 +540,10 @@ class State:
             self.open_epoch = self.max_open = 0
             self.request_times = collections.deque(maxlen=REQUEST_TIMES)
             self.per_call, self.per_call_times, self.attempts = {}, {}, {}
+            # gateways
+            self.tokens = {}  # token -> expiry (time.monotonic())
+            self.tokens_issued = self.token_requests = self.waf_refused = 0
+            self.token_ttl, self.token_mode, self.bearer_reject = TOKEN_TTL, "ok", False
 
     def count_connection(self):
         with self.lock:
@@ -496,7 +579,8 @@ class State:
         last = {"method": handler.command, "path": handler.target,
                 "headers": {}, "body": body.decode("utf-8", "replace"),
                 "auth_ok": checked and err is None, "auth_error": err,
-                "callID": cid, "canonical_request": canon}
+                "callID": cid, "canonical_request": canon,
+                "scheme": getattr(handler, "_scheme", None)}
         for name, value in handler.headers.items():
             name = name.lower()
             last["headers"][name] = (last["headers"][name] + ", " + value
@@ -524,11 +608,36 @@ class State:
                     # sorted: taken on arrival, appended when recorded (threads race)
                     "request_times": sorted(self.request_times),
                     "per_call": dict(self.per_call),
-                    "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()}}
+                    "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()},
+                    "tokens_issued": self.tokens_issued, "token_requests": self.token_requests,
+                    "waf_refused": self.waf_refused}
 
     def settings(self):
         with self.lock:
-            return {"latency_ms": self.latency_ms}
+            return {"latency_ms": self.latency_ms, "token_ttl": self.token_ttl,
+                    "token_mode": self.token_mode, "bearer_reject": self.bearer_reject}
+
+    # -- gateways: bearer tokens
+
+    def issue_token(self):
+        """A new token and its lifetime in seconds."""
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = time.monotonic() + self.token_ttl
+            self.tokens_issued += 1
+            return token, self.token_ttl
+
+    def token_problem(self, token):
+        """Why `token` is refused, or None."""
+        with self.lock:
+            expiry = self.tokens.get(token)
+            if expiry is None:
+                return "unknown or revoked token"
+            if time.monotonic() >= expiry:
+                return "expired token"
+            if self.bearer_reject:
+                return f"token {token} is not allowed to call this API"
+        return None
 
     def log(self, line):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
@@ -556,9 +665,11 @@ class MockServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of 64+ parallel connects
 
-    def __init__(self, state, scheme, ssl_ctx=None, main=False):
-        """main: the HTTPS port, whose connections and handshakes are counted."""
+    def __init__(self, state, scheme, ssl_ctx=None, main=False, waf=False):
+        """main: the HTTPS port, whose connections and handshakes are counted;
+        waf: the WAF port (418 without the right SNI)."""
         self.state, self.scheme, self.ssl_ctx, self.main = state, scheme, ssl_ctx, main
+        self.waf = waf
         super().__init__(("127.0.0.1", 0), Handler)
 
     def server_bind(self):  # skip HTTPServer's slow getfqdn() lookup
@@ -613,6 +724,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.received = time.monotonic()
         self._status, self._cid, self._note, self._body_read = "-", None, "", False
+        self._scheme = None
         # self.path has leading "//" collapsed by http.server: use the raw request target
         self.target = self.requestline.split()[1]
         path = self.target.split("?", 1)[0]
@@ -622,6 +734,8 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(latency / 1000)
             if control:
                 self._control(path)
+            elif self._gateway(path):  # the WAF, the token endpoint, echo paths
+                pass
             elif not path.endswith(API_SUFFIX):
                 self._reply(404, {"error": "not found"})
             elif self.command != "POST":
@@ -745,9 +859,13 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_mock/reset":
             state.reset()
             return self._reply(200, {"ok": True})
+        if path == "/_mock/revoke":
+            with state.lock:
+                revoked, state.tokens = len(state.tokens), {}
+            return self._reply(200, {"revoked": revoked})
         if path == "/_mock/set":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
-            unknown = sorted(set(query) - {"latency_ms"})
+            unknown = sorted(set(query) - {"latency_ms", "token_ttl", "token_mode", "bearer_reject"})
             if unknown:
                 return self._reply(400, {"error": "unknown setting: " + ", ".join(unknown)})
             if "latency_ms" in query:
@@ -756,6 +874,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self._reply(400, {"error": f"latency_ms: want 0..{MAX_LATENCY_MS}"})
                 with state.lock:
                     state.latency_ms = int(value) if value.isdigit() else float(value)
+            problem = self._gateway_settings(query)
+            if problem:
+                return self._reply(400, {"error": problem})
             return self._reply(200, state.settings())
         if path == "/_mock/expect":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
@@ -765,6 +886,171 @@ class Handler(BaseHTTPRequestHandler):
                 return self._reply(404, {"error": "no success body for this callID"})
             return self._reply(200, ans)
         return self._reply(404, {"error": "not found"})
+
+    # -- gateways: schemes, the token endpoint, the WAF, echo paths
+
+    def _verify(self, body):
+        """Check Authorization by the scheme it names: (error or None, canonical request)."""
+        auth = self.headers.get_all("Authorization") or []
+        first = auth[0].strip() if len(auth) == 1 else ""
+        if first.startswith("SDK-HMAC-SHA256 "):
+            self._scheme = "apig"
+            return self._verify_apig(first, body)
+        if first.startswith("Bearer "):
+            self._scheme = "bearer"
+            return self._verify_bearer(first)
+        self._scheme = "auth-v2"
+        return self._verify_v2(body)
+
+    def _verify_apig(self, auth, body):
+        state = self.server.state
+        m = APIG_RE.fullmatch(auth)
+        if not m:
+            return "malformed SDK-HMAC-SHA256 Authorization header", None
+        ak, signed, sig = m.groups()
+        if ak != state.ak:
+            return "unknown AK", None
+        names = signed.split(";")
+        if not all(HDR_RE.fullmatch(h) for h in names) or names != sorted(set(names)):
+            return "bad SignedHeaders (want lowercase, sorted, unique)", None
+        if "host" not in names or "x-sdk-date" not in names:
+            return "SignedHeaders must include host and x-sdk-date", None
+        values = {}
+        for name in names:
+            got = self.headers.get_all(name) or []
+            if len(got) != 1:
+                return f"signed header {'duplicate' if got else 'missing'}: {name}", None
+            values[name] = got[0].encode("latin-1")  # the raw bytes received
+        date = values["x-sdk-date"].decode("latin-1")
+        try:
+            if not SDK_DATE_RE.fullmatch(date):
+                raise ValueError
+            datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            return "bad X-Sdk-Date", None
+        raw_path, _, qs = self.target.partition("?")
+        query = [(unquote_to_bytes(k), unquote_to_bytes(v))
+                 for k, _, v in (p.partition("=") for p in qs.split("&") if p)]
+        canon = apig_canonical(self.command, raw_path, query, names, values, body)
+        want = apig_sign(state.sk, date, canon)[1]
+        text = canon.decode("utf-8", "replace")
+        if not hmac.compare_digest(want.encode(), sig.encode()):
+            return "signature mismatch", text
+        return None, text
+
+    def _verify_bearer(self, auth):
+        state = self.server.state
+        if (self.headers.get_all("X-APP-Key") or []) != [state.ak]:
+            return "missing or wrong X-APP-Key", None
+        return state.token_problem(auth[len("Bearer "):].strip()), None
+
+    def _gateway(self, path):
+        """The WAF check, the token endpoint, the echo paths: True when handled here."""
+        state = self.server.state
+        if self.server.waf:
+            sni = getattr(self.connection, "mock_sni", None)
+            if sni != WAF_NAME:
+                with state.lock:
+                    state.waf_refused += 1
+                self._note = f" (WAF: SNI {sni!r})"
+                self._reply(418, {"error": "request blocked: connect by host name (SNI)"})
+                return True
+        if path == TOKEN_PATH or ("/rest/" in path and not path.endswith(API_SUFFIX)):
+            if self.command != "POST":
+                self._reply(405, {"error": "method not allowed"}, headers={"Allow": "POST"})
+            elif path == TOKEN_PATH:
+                self._token()
+            else:
+                self._echo()
+            return True
+        return False
+
+    def _gateway_body(self):
+        """The request body, or None (answered, or the connection closed)."""
+        length = self.headers.get("Content-Length", "").strip()
+        if "Transfer-Encoding" in self.headers or not (length.isascii() and length.isdigit()) \
+                or int(length) > MAX_REQUEST:
+            self._reply(411, {"error": "Content-Length (<= 1 MiB) required"}, close=True)
+            return None
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            self.close_connection, self._note = True, " (request body truncated)"
+            return None
+        self._body_read = True
+        return body
+
+    def _token(self):
+        state = self.server.state
+        body = self._gateway_body()
+        if body is None:
+            return None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        with state.lock:
+            state.token_requests += 1
+            mode = state.token_mode
+        if mode == "503":
+            return self._reply(503, {"error": "mock token 503"}, headers={"Retry-After": "1"})
+        if not isinstance(obj, dict) or obj.get("app_key") != state.ak \
+                or obj.get("app_secret") != state.sk:
+            self._note = " (token: wrong app_key or app_secret)"
+            return self._reply(401, {"error": "Unauthorized",
+                                     "message": "Incorrect app_key or app_secret"})
+        if mode == "noaccess":
+            return self._reply(200, result("1", "the app is disabled"))
+        token, ttl = state.issue_token()
+        self._note = " (token issued)"
+        return self._reply(200, {"AccessToken": token, "expiresIn": ttl})
+
+    def _echo(self):
+        state = self.server.state
+        body = self._gateway_body()
+        if body is None:
+            return None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        err, canon = self._verify(body)
+        state.record(self, body, None, err, canon)
+        if err:
+            self._note = f" (auth: {err})"
+            return self._reply(401, result("0100001", f"Authentication failed: {err}"))
+        reply = str(obj.get("_reply")) if isinstance(obj, dict) else ""
+        kind, _, arg = reply.partition("-")
+        if reply == "array":
+            return self._reply(200, b"[1,2,3]")
+        if reply == "html":
+            return self._reply(200, FIXED["html"][1], "text/html")
+        if kind == "status" and arg.isdigit() and 200 <= int(arg) <= 599:
+            return self._reply(int(arg), {"error": f"mock {arg}"})
+        if kind == "big" and arg.isdigit() and int(arg) <= MAX_SMALL:
+            return self._reply(200, {"resultCode": "0", "resultData": {"pad": "x" * int(arg)}})
+        return self._reply(200, {"resultCode": "0", "resultDesc": "success",
+                                 "resultData": {"echo": obj}})
+
+    def _gateway_settings(self, query):
+        """token_ttl, token_mode, bearer_reject from /_mock/set: an error, or None."""
+        state = self.server.state
+        ttl = query.get("token_ttl", [None])[-1]
+        mode = query.get("token_mode", [None])[-1]
+        reject = query.get("bearer_reject", [None])[-1]
+        if ttl is not None and not (ttl.isascii() and ttl.isdigit() and 1 <= int(ttl) <= 86400):
+            return "token_ttl: want 1..86400"
+        if mode is not None and mode not in TOKEN_MODES:
+            return "token_mode: want one of " + ", ".join(TOKEN_MODES)
+        if reject is not None and reject not in ("0", "1"):
+            return "bearer_reject: want 0 or 1"
+        with state.lock:
+            if ttl is not None:
+                state.token_ttl = int(ttl)
+            if mode is not None:
+                state.token_mode = mode
+            if reject is not None:
+                state.bearer_reject = reject == "1"
+        return None
 
     # -- the API
 
@@ -801,7 +1087,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(200, result("0100003", "Parameter error: callID"))
         self._answer(self._cid, path)
 
-    def _verify(self, body):
+    def _verify_v2(self, body):
         """Check the auth-v2 Authorization header: (error or None, canonical request)."""
         state = self.server.state
         auth = self.headers.get_all("Authorization") or []
@@ -959,6 +1245,11 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = DNS:other.invalid
+[v3_waf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:cms.example.test, IP:127.0.0.1
 """
 
 
@@ -980,6 +1271,11 @@ def blackhole():
     return sock, fillers
 
 
+def remember_sni(sslsock, server_name, _ctx):
+    """The WAF port's SNI callback: the name the client sent (None by IP), for _gateway."""
+    sslsock.mock_sni = server_name
+
+
 def make_certs(d):
     def p(name):
         return os.path.join(d, name)
@@ -991,7 +1287,7 @@ def make_certs(d):
 
     with open(p("openssl.cnf"), "w") as f:
         f.write(OPENSSL_CNF)
-    for name in ("ca", "other-ca", "server", "wrongname"):
+    for name in ("ca", "other-ca", "server", "wrongname", "waf"):
         run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-out", p(name + ".key"))
     for name, cn in (("ca", "cmsrec mock CA"), ("other-ca", "cmsrec unrelated CA")):
@@ -1009,7 +1305,13 @@ def make_certs(d):
     run("x509", "-req", "-in", p("wrongname.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
         "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
         "-extfile", p("openssl.cnf"), "-extensions", "v3_wrongname", "-out", p("wrongname.pem"))
-    for name in ("server.csr", "wrongname.csr", "openssl.cnf"):
+    # the WAF port: the name in SNI is what it checks (and an IP SAN, see the docstring)
+    run("req", "-new", "-config", p("openssl.cnf"), "-key", p("waf.key"),
+        "-subj", "/CN=" + WAF_NAME, "-out", p("waf.csr"))
+    run("x509", "-req", "-in", p("waf.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
+        "-extfile", p("openssl.cnf"), "-extensions", "v3_waf", "-out", p("waf.pem"))
+    for name in ("server.csr", "wrongname.csr", "waf.csr", "openssl.cnf"):
         os.remove(p(name))
 
 
@@ -1041,8 +1343,11 @@ def main(argv=None):
     ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
     wrong = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     wrong.load_cert_chain(os.path.join(d, "wrongname.pem"), os.path.join(d, "wrongname.key"))
+    waf = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    waf.load_cert_chain(os.path.join(d, "waf.pem"), os.path.join(d, "waf.key"))
+    waf.sni_callback = remember_sni
     servers = [MockServer(state, "https", ctx, main=True), MockServer(state, "http"),
-               MockServer(state, "https", wrong)]
+               MockServer(state, "https", wrong), MockServer(state, "https", waf, waf=True)]
     state.https_port = servers[0].server_address[1]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
@@ -1051,6 +1356,7 @@ def main(argv=None):
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
             "blackhole_port": hole.getsockname()[1],
+            "waf_port": servers[3].server_address[1], "waf_name": WAF_NAME,
             "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
