@@ -470,6 +470,15 @@ static void config_signed_headers(lua_State *L, int idx, client *c)
     lua_pop(L, 1);
 }
 
+/* No control characters: the AK goes into a header line (CR LF would add a header). */
+static int ak_printable(const char *ak)
+{
+    for (; *ak; ak++)
+        if ((unsigned char)*ak < 0x20 || (unsigned char)*ak == 0x7F)
+            return 0;
+    return 1;
+}
+
 /* ak/sk from the config, else from CMSREC_AK / CMSREC_SK. */
 static void config_credentials(lua_State *L, int idx, client *c)
 {
@@ -487,8 +496,9 @@ static void config_credentials(lua_State *L, int idx, client *c)
         luaL_error(L, "cmsrec.new: option 'ak' is required (or set CMSREC_AK)");
     if (!sk || !sk_len)
         luaL_error(L, "cmsrec.new: option 'sk' is required (or set CMSREC_SK)");
-    if (strlen(ak) != ak_len || strchr(ak, '/'))
-        luaL_error(L, "cmsrec.new: option 'ak' must not contain '/' or NUL bytes");
+    if (strlen(ak) != ak_len || strchr(ak, '/') || !ak_printable(ak))
+        luaL_error(L, "cmsrec.new: option 'ak' must not contain '/', NUL bytes or control "
+                      "characters");
     c->ak = dup_or_raise(L, ak, ak_len);
     c->sk = (unsigned char *)dup_or_raise(L, sk, sk_len);
     c->sk_len = sk_len;
