@@ -504,6 +504,18 @@ describe("gateways against the mock", function()
   describe("the command line", function()
     local function env(extra) return H.mock_env(extra) end
 
+    it("cmsrec sign --auth apig reproduces V4", function()
+      local r = H.cli("sign --auth apig --ak globalaktest --path /rest/cmsapp/v1/ping --header host=10.22.26.181:28080 "
+        .. "--header 'content-type=" .. CT .. "' --body " .. H.q(BODY) .. " --timestamp 2024-10-31T14:06:52Z --json",
+        { env = { CMSREC_SK = "example-sk-0123456789" } })
+      assert.equal(0, r.code, r.err)
+      local d = cjson.decode(r.out)
+      assert.equal("SDK-HMAC-SHA256 Access=globalaktest, SignedHeaders=content-type;host;x-sdk-date, "
+        .. "Signature=c34e6acee3d185e6c72e77d72331e863ad694280734904f68daaeb3046125adb", d.authorization)
+      assert.equal("20241031T140652Z", d.timestamp)
+      assert.is_nil(r.out:find("example-sk-0123456789", 1, true))
+    end)
+
     it("cmsrec call PATH --data JSON prints the answer; exit codes as for get", function()
       local r = H.cli("call /rest/x/v1/echo --data '{\"n\":12345678901234567890}'", { env = env() })
       assert.equal(0, r.code, r.err)
