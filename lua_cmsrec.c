@@ -518,7 +518,6 @@ static long config_stall_timeout(lua_State *L, int idx)
     return (opt_seconds(L, idx, "cmsrec.new", "stall_timeout") + 999) / 1000;
 }
 
-
 /* ===== CONFIG: gateways (auth, token_url, headers, resolve) ===== */
 
 /* auth = "auth-v2" | "apig" | "bearer", never with an authorization function. */
@@ -1097,7 +1096,6 @@ static int json_fields(void *ud, const char *body, size_t len, cms_json_fields *
     lua_pop(L, 1);
     return 0;
 }
-
 
 /* ===== GATEWAYS: SDK-HMAC-SHA256 and bearer tokens ===== */
 
