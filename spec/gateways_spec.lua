@@ -445,6 +445,19 @@ describe("gateways against the mock", function()
       c:close()
     end)
 
+    it("an authorization function signs a call with the call's path and body", function()
+      local seen
+      local c = H.client{ ak = false, sk = false, authorization = function(method, path, headers, body)
+        seen = path
+        return (cmsrec.sign{ ak = H.AK, sk = H.SK, method = method, path = path, headers = headers, body = body })
+      end }
+      local answer, info = c:call("/rest/x/v1/echo", { a = "b" })
+      c:close()
+      assert.is_table(answer, tostring(info))
+      assert.equal("/rest/x/v1/echo", seen)
+      assert.is_true(mock.stats().last.auth_ok)
+    end)
+
     it("leaves resultCode to the caller", function()
       local c = H.client()
       local answer = assert(c:call("/rest/x/v1/echo", { resultCode = "0300008" }))
