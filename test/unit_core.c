@@ -4,12 +4,17 @@
  * format sniffing and classification, libcurl code mapping.
  * Prints TAP ("ok N - name" / "not ok N - name"); exit status 1 on failure.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../src/cms_classify.h"
 #include "../src/cms_job.h"
 #include "../src/cms_request.h"
+#include "../src/cms_secret.h"
 #include "../src/cms_sign.h"
 #include "../src/cms_text.h"
 #include "../src/cms_sink.h"
@@ -416,6 +421,110 @@ static void test_rate(void)
     ok(cms_rate_wait(&none, 1.0) == 0, "no max_rate: never waits");
 }
 
+/* The VmFlags of the mapping that starts at `start`, from /proc/self/smaps
+   ("" when not found: no /proc). */
+static void vm_flags(const void *start, char *out, size_t cap)
+{
+    char line[512], want[32];
+    FILE *f = fopen("/proc/self/smaps", "r");
+    int in = 0;
+
+    *out = '\0';
+    if (!f)
+        return;
+    snprintf(want, sizeof want, "%lx-", (unsigned long)(uintptr_t)start);
+    while (fgets(line, sizeof line, f)) {
+        if (strchr(line, '-') && strncmp(line, want, strlen(want)) == 0)
+            in = 1;
+        else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(out, cap, "%s", line + 8);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+static int has_flag(const char *flags, const char *flag)
+{
+    char copy[512], *word, *save = NULL;
+
+    snprintf(copy, sizeof copy, "%s", flags);
+    for (word = strtok_r(copy, " \n", &save); word; word = strtok_r(NULL, " \n", &save))
+        if (strcmp(word, flag) == 0)
+            return 1;
+    return 0;
+}
+
+typedef struct wipe_seen {
+    int called;
+    size_t len;
+    size_t nonzero;
+} wipe_seen;
+
+static void see_wipe(const unsigned char *map, size_t len, void *ud)
+{
+    wipe_seen *w = ud;
+    size_t i;
+
+    w->called = 1;
+    w->len = len;
+    for (i = 0; i < len; i++)
+        w->nonzero += map[i] != 0;
+}
+
+static void test_secret(void)
+{
+    static const char sk[] = "mock-sk-0123456789abcdef";
+    cms_secret s;
+    wipe_seen seen = {0, 0, 0};
+    char flags[512];
+    char *big;
+
+    cms_secret_init(&s);
+    cms_secret_free(&s); /* empty: nothing to do */
+    ok(s.data == NULL, "an empty secret frees to nothing");
+    ok(cms_secret_set(&s, sk, strlen(sk)) == 0, "a secret is stored");
+    ok(s.len == strlen(sk) && memcmp(s.data, sk, s.len) == 0 && s.data[s.len] == '\0',
+       "its bytes, then a NUL");
+    ok(((uintptr_t)s.data % (uintptr_t)sysconf(_SC_PAGESIZE)) == 0 &&
+       s.map_len % (size_t)sysconf(_SC_PAGESIZE) == 0, "in whole pages of its own");
+    vm_flags(s.data, flags, sizeof flags);
+    if (!*flags) {
+        printf("# no /proc/self/smaps: MADV_DONTDUMP and mlock not checked\n");
+    } else {
+#ifdef MADV_DONTDUMP
+        ok((s.flags & CMS_SECRET_NODUMP) && has_flag(flags, "dd"),
+           "the kernel keeps it out of core dumps (VmFlags dd)");
+#endif
+#ifdef __SANITIZE_ADDRESS__
+        printf("# AddressSanitizer makes mlock a no-op: locking not checked\n");
+#else
+        ok(!(s.flags & CMS_SECRET_LOCKED) || has_flag(flags, "lo"),
+           "locked in memory when mlock succeeded (VmFlags lo)");
+        if (!(s.flags & CMS_SECRET_LOCKED))
+            printf("# mlock refused (RLIMIT_MEMLOCK): not locked\n");
+#endif
+    }
+    cms_secret_free_observed(&s, see_wipe, &seen);
+    ok(seen.called && seen.len >= sizeof sk && seen.nonzero == 0,
+       "free wipes every byte of the mapping before unmapping it");
+    ok(s.data == NULL && s.len == 0 && s.map_len == 0, "and leaves the secret empty");
+
+    /* replacing a secret frees the old mapping first; several pages work too */
+    big = malloc(10000);
+    memset(big, 'k', 10000);
+    ok(cms_secret_set(&s, "short", 5) == 0 && cms_secret_set(&s, big, 10000) == 0 &&
+       s.len == 10000 && s.map_len > 10000 && s.data[9999] == 'k' && s.data[10000] == 0,
+       "a secret is replaced, over several pages");
+    memset(&seen, 0, sizeof seen);
+    cms_secret_free_observed(&s, see_wipe, &seen);
+    ok(seen.called && seen.nonzero == 0, "a multi-page secret is wiped whole");
+    free(big);
+    ok(cms_secret_set(&s, "", 0) == 0 && s.len == 0 && s.data && s.data[0] == 0,
+       "an empty value is a valid (empty) C string");
+    cms_secret_free(&s);
+}
+
 int main(void)
 {
     test_vectors();
@@ -432,6 +541,7 @@ int main(void)
     test_text();
     test_retry_policy();
     test_rate();
+    test_secret();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
