@@ -17,6 +17,7 @@
 #include "../src/cms_secret.h"
 #include "../src/cms_sign.h"
 #include "../src/cms_text.h"
+#include "../src/cms_trace.h"
 #include "../src/cms_sink.h"
 #include "../src/cms_transfer.h"
 #include "../src/cms_url.h"
@@ -525,6 +526,115 @@ static void test_secret(void)
     cms_secret_free(&s);
 }
 
+/* What cms_trace_event wrote for each of `data`, read back from a temporary file. */
+static void trace_of(const char *const *data, size_t n, curl_infotype type, char *out,
+                     size_t cap)
+{
+    FILE *f = tmpfile();
+    size_t i, got;
+
+    *out = '\0';
+    if (!f)
+        return;
+    for (i = 0; i < n; i++)
+        cms_trace_event(f, 0x1a2b, type, data[i], strlen(data[i]));
+    rewind(f);
+    got = fread(out, 1, cap - 1, f);
+    out[got] = '\0';
+    fclose(f);
+}
+
+static void test_trace(void)
+{
+    static const char sig[] =
+        "151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a";
+    const char *request[] = {
+        "POST /rest/cmsapp/v1/ping HTTP/1.1\r\nHost: 10.22.26.181:28080\r\n"
+        "Authorization: auth-v2/globalaktest/2024-10-31T14:06:52Z/content-length;"
+        "content-type;host/151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a\r\n"
+        "Cookie: JSESSIONID=abc123\r\n\r\n"};
+    const char *answer[] = {"HTTP/1.1 200 OK\r\n", "Set-Cookie: SESSION=s3cr3t; Path=/\r\n",
+                            "X-Subject-Token: MIIT0ken\r\n", "X-Note: a\033[2Jb\r\n",
+                            "Content-Length: 5\r\n", "\r\n"};
+    const char *body[] = {"{\"callID\":\"1748587841-77268\"}"};
+    const char *answer_body = "  {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n";
+    const char *sdk = "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, "
+                      "Signature=abcdef0123";
+    char out[4096], red[256];
+    cms_response r;
+    cms_error e;
+    FILE *f;
+    size_t got;
+
+    trace_of(request, 1, CURLINFO_HEADER_OUT, out, sizeof out);
+    ok(strstr(out, "cmsrec[1a2b] > POST /rest/cmsapp/v1/ping HTTP/1.1\n") &&
+       strstr(out, "cmsrec[1a2b] > Host: 10.22.26.181:28080\n"),
+       "trace: the request line and headers, one a line");
+    ok(strstr(out, "> Authorization: auth-v2/globalaktest/2024-10-31T14:06:52Z/"
+                   "content-length;content-type;host/<redacted>\n") && !strstr(out, sig),
+       "trace: Authorization keeps the scheme and the AK, not the signature");
+    ok(strstr(out, "> Cookie: <redacted>") && !strstr(out, "abc123"), "trace: cookies redacted");
+    trace_of(answer, 6, CURLINFO_HEADER_IN, out, sizeof out);
+    ok(strstr(out, "< HTTP/1.1 200 OK\n") && strstr(out, "< Content-Length: 5\n"),
+       "trace: the status line and the response headers");
+    ok(!strstr(out, "s3cr3t") && !strstr(out, "MIIT0ken") &&
+       strstr(out, "< X-Subject-Token: <redacted>"),
+       "trace: tokens and session cookies redacted");
+    ok(!strchr(out, '\033') && strstr(out, "< X-Note: a?[2Jb\n"), "trace: server text made printable");
+    trace_of(body, 1, CURLINFO_DATA_OUT, out, sizeof out);
+    ok_str(out, "cmsrec[1a2b] > body (29 bytes): {\"callID\":\"1748587841-77268\"}\n",
+           "trace: the request body");
+    trace_of(body, 1, CURLINFO_DATA_IN, out, sizeof out);
+    ok_str(out, "", "trace: answer bodies never as they come");
+    trace_of(body, 1, CURLINFO_SSL_DATA_IN, out, sizeof out);
+    ok_str(out, "", "trace: TLS records never");
+
+    cms_trace_redact_auth(sdk, strlen(sdk), red, sizeof red);
+    ok_str(red, "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, Signature=<redacted>",
+           "trace: SDK-HMAC-SHA256 keeps all but the signature");
+    cms_trace_redact_auth("Bearer eyJtoken", 15, red, sizeof red);
+    ok_str(red, "Bearer <redacted>", "trace: another scheme keeps its first word");
+    cms_trace_redact_auth("opaque-token", 12, red, sizeof red);
+    ok_str(red, "<redacted>", "trace: a bare value is redacted whole");
+
+    cms_response_init(&r);
+    r.status = 200;
+    r.sunk = 1;
+    r.format = CMS_FMT_WAV;
+    r.bytes = 160044;
+    cms_error_clear(&e);
+    f = tmpfile();
+    if (f) {
+        cms_trace_outcome(f, 0x1a2b, &r, 0, &e);
+        r.sunk = 0;
+        cms_buf_append(&r.body, answer_body, strlen(answer_body));
+        cms_trace_outcome(f, 0x1a2b, &r, 0, &e);
+        rewind(f);
+        got = fread(out, 1, sizeof out - 1, f);
+        out[got] = '\0';
+        fclose(f);
+    }
+    ok(strstr(out, "< body: a recording (wav), 160044 bytes, not shown\n") != NULL,
+       "trace: a recording only by its format and size");
+    ok(strstr(out, "< body (57 bytes): {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n")
+       != NULL, "trace: an answer as a one-line excerpt");
+    cms_response_free(&r);
+}
+
+static void test_tls_alert(void)
+{
+    ok(cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: OpenSSL/3.0.19: error:0A00045C:SSL "
+                     "routines::tlsv13 alert certificate required, errno 0"),
+       "a TLS alert on read is a TLS failure (OpenSSL 3)");
+    ok(cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: error:14094418:SSL "
+                     "routines:ssl3_read_bytes:tlsv1 alert unknown ca, errno 0"),
+       "a TLS alert on read is a TLS failure (OpenSSL 1.1)");
+    ok(!cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: Connection reset by peer, errno 104"),
+       "a reset is not");
+    ok(!cms_tls_alert(CURLE_COULDNT_CONNECT, "SSL routines:: alert "), "nor another code");
+    ok(!cms_tls_alert(CURLE_RECV_ERROR, NULL), "nor no message");
+}
+
 int main(void)
 {
     test_vectors();
@@ -542,6 +652,8 @@ int main(void)
     test_retry_policy();
     test_rate();
     test_secret();
+    test_trace();
+    test_tls_alert();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
