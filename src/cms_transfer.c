@@ -432,8 +432,10 @@ static CURLcode set_tls_options(CURL *h, const cms_transfer_config *cfg)
         SET(CURLOPT_SSLCERT, cfg->sslcert);
     if (cfg->sslkey)
         SET(CURLOPT_SSLKEY, cfg->sslkey);
-    if (cfg->key_password)
-        SET(CURLOPT_KEYPASSWD, cfg->key_password);
+    /* always a password with a certificate: without one, OpenSSL would ask
+       for an encrypted key's on the terminal (and wait) */
+    if (cfg->sslcert)
+        SET(CURLOPT_KEYPASSWD, cfg->key_password ? cfg->key_password : "");
     if (cfg->pinnedpubkey)
         SET(CURLOPT_PINNEDPUBLICKEY, cfg->pinnedpubkey);
     if (cfg->debug) {
