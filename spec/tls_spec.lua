@@ -197,7 +197,9 @@ describe("TLS", function()
         new_error{ sslcert = file("client.pem"), sslkey = missing })
       assert.matches("option 'sslcert': cannot read .*it is a directory", new_error{ sslcert = tmp })
       assert.matches("option 'sslkey' needs 'sslcert'", new_error{ sslkey = file("client.key") })
-      assert.matches("option 'sslkey_password' needs 'sslcert'", new_error{ sslkey_password = "x" })
+      local msg = new_error{ sslkey_password = "never-shown-577215" }
+      assert.matches("option 'sslkey_password' needs 'sslcert'", msg)
+      assert.is_nil(msg:find("never-shown", 1, true))
     end)
   end)
 

@@ -5,11 +5,11 @@
  * kept alive between downloads. Every call resets the handle and sets every
  * option again: no state leaks from one request into the next.
  *
- * Safety defaults: TLS verification on, redirects never followed (the
- * Authorization header must not reach another host), https only unless
- * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes, bodies asked
- * for unencoded but decoded when encoded anyway, and a kept-alive connection
- * with unrequested bytes waiting on it never reused.
+ * Safety defaults: TLS verification on, TLS 1.2 at least, redirects never
+ * followed (the Authorization header must not reach another host), https
+ * only unless allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes,
+ * bodies asked for unencoded but decoded when encoded anyway, and a
+ * kept-alive connection with unrequested bytes waiting on it never reused.
  *
  * Routing: the start of a 2xx body is held back until cms_sniff_ready() (12
  * bytes, or up to CMS_SNIFF_MAX when it starts with blanks) and sniffed. A
