@@ -113,6 +113,32 @@ static void header_block(FILE *out, unsigned id, char dir, const char *p, size_t
     }
 }
 
+/* "scheme://user:password@host" -> "scheme://<redacted>@host", in place: libcurl's
+   notes name proxy URLs (from http_proxy and the like) as they were given. */
+static void redact_userinfo(char *text, size_t cap)
+{
+    static const char mark[] = "<redacted>";
+    char *p = text, *at, *end;
+    size_t rest;
+
+    while ((p = strstr(p, "://")) != NULL) {
+        p += 3;
+        end = p + strcspn(p, "/ '\"");
+        at = memchr(p, '@', (size_t)(end - p));
+        if (!at)
+            continue;
+        if ((size_t)(p - text) + sizeof mark >= cap)
+            break;
+        rest = strlen(at) + 1;
+        if ((size_t)(p - text) + sizeof mark - 1 + rest > cap)
+            rest = cap - (size_t)(p - text) - (sizeof mark - 1);
+        memmove(p + sizeof mark - 1, at, rest);
+        memcpy(p, mark, sizeof mark - 1);
+        text[cap - 1] = '\0';
+        p += sizeof mark - 1;
+    }
+}
+
 void cms_trace_event(FILE *out, unsigned id, curl_infotype type, const char *data,
                      size_t size)
 {
@@ -121,6 +147,7 @@ void cms_trace_event(FILE *out, unsigned id, curl_infotype type, const char *dat
     switch (type) {
     case CURLINFO_TEXT:
         shown(data, size, text, LINE_MAX_SHOWN);
+        redact_userinfo(text, sizeof text);
         if (*text)
             put(out, id, '*', text);
         break;

@@ -557,6 +557,8 @@ static void test_trace(void)
                             "X-Subject-Token: MIIT0ken\r\n", "X-Note: a\033[2Jb\r\n",
                             "Content-Length: 5\r\n", "\r\n"};
     const char *body[] = {"{\"callID\":\"1748587841-77268\"}"};
+    const char *notes[] = {"Uses proxy env variable https_proxy == 'http://bob:pr0xy-pw@proxy:3128'\n",
+                           "Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n"};
     const char *answer_body = "  {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n";
     const char *sdk = "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, "
                       "Signature=abcdef0123";
@@ -584,6 +586,10 @@ static void test_trace(void)
     trace_of(body, 1, CURLINFO_DATA_OUT, out, sizeof out);
     ok_str(out, "cmsrec[1a2b] > body (29 bytes): {\"callID\":\"1748587841-77268\"}\n",
            "trace: the request body");
+    trace_of(notes, 2, CURLINFO_TEXT, out, sizeof out);
+    ok_str(out, "cmsrec[1a2b] * Uses proxy env variable https_proxy == 'http://<redacted>@proxy:3128'\n"
+           "cmsrec[1a2b] * Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n",
+           "trace: libcurl's notes, a proxy URL's credentials redacted");
     trace_of(body, 1, CURLINFO_DATA_IN, out, sizeof out);
     ok_str(out, "", "trace: answer bodies never as they come");
     trace_of(body, 1, CURLINFO_SSL_DATA_IN, out, sizeof out);
