@@ -430,6 +430,11 @@ local function set(t, k, v)
   if not rawequal(v, NIL) then t[k] = v end
 end
 
+-- t[k] = v, or no t[k] at all for NIL (false stays false).
+local function assign(t, k, v)
+  if rawequal(v, NIL) then t[k] = nil else t[k] = v end
+end
+
 -- A request: a valid one, or one with 1 to 3 things wrong. Returns req, label.
 function G.request(r, want_valid)
   if not want_valid and r.chance(0.04) then
@@ -447,7 +452,7 @@ function G.request(r, want_valid)
       if k <= 6 then
         local f = r.pick(G.FIELDS)
         local v = any_value(r)
-        req[f] = not rawequal(v, NIL) and v or nil
+        assign(req, f, v)
         parts[#parts + 1] = f .. " = " .. describe(v)
       elseif k <= 8 then
         local key, v = odd_key(r, G.FIELDS), any_value(r)
@@ -499,15 +504,19 @@ end
 
 -- Callbacks with a behaviour. Each returns the function and its behaviour.
 local function progress_fn(r)
-  local b = r.pick({ "go", "go", "true", "false", "raise", "junk" })
+  local b = r.pick({ "go", "go", "true", "junk", "false", "raise", "false-late", "raise-late" })
   local f
   if b == "go" then f = function() end
   elseif b == "true" then f = function() return true end
   elseif b == "false" then f = function() return false end
   elseif b == "raise" then f = function() error("corpus: on_progress raises") end
+  elseif b == "false-late" then f = function(received) return received == 0 end
+  elseif b == "raise-late" then
+    f = function(received) if received > 0 then error("corpus: on_progress raises") end end
   else f = function() return 0, "junk" end end
   local said = { go = "goes on", ["true"] = "returns true", ["false"] = "returns false",
-                 raise = "raises", junk = "returns junk" }
+                 raise = "raises", junk = "returns junk", ["false-late"] = "returns false once bytes came",
+                 ["raise-late"] = "raises once bytes came" }
   return label(f, "on_progress that " .. said[b]), b
 end
 
@@ -559,7 +568,9 @@ local function fn_behaviour(v)
 end
 
 -- What a download of a valid request gives: "ok" (the recording) or an error
--- kind. max_size, the sink and on_progress can change it.
+-- kind. max_size, the sink and on_progress can change it. The second result
+-- is true when the request may or may not reach the mock: on_progress that
+-- cancels at its first call, which may come before the request is sent.
 G.SIZE = { wav = 160044, odd = 1000 }
 local function download_outcomes(answer, max_size, sink_b, progress_b)
   local out = {}
@@ -568,8 +579,15 @@ local function download_outcomes(answer, max_size, sink_b, progress_b)
   elseif max_size and max_size < G.SIZE[answer] then out.too_large = true
   elseif sink_b and sink_b ~= "ok" then out.io = true
   else out.ok = true end
-  if progress_b == "false" or progress_b == "raise" then out.cancelled = true end
-  return out
+  if progress_b == "false" or progress_b == "raise" then
+    out.cancelled = true
+    return out, true
+  end
+  if (progress_b == "false-late" or progress_b == "raise-late") and out.ok then
+    -- the last report, with the full size, comes before the recording is kept
+    return { cancelled = true }, false
+  end
+  return out, false
 end
 
 local DL_RULES = {
@@ -636,9 +654,13 @@ local function dl_expect(case, verdict, opts, beh)
     return
   end
   local max_size = type(opts) == "table" and rawget(opts, "max_size") or nil
-  case.expect = { how = "answer", answer = verdict.answer,
-                  outcomes = download_outcomes(verdict.answer, max_size, beh.sink, beh.progress) }
-  case.sent, case.bodies = 1, { G.body_key(verdict.wire) }
+  local outcomes, maybe = download_outcomes(verdict.answer, max_size, beh.sink, beh.progress)
+  case.expect = { how = "answer", answer = verdict.answer, outcomes = outcomes }
+  if maybe then
+    case.maybe_bodies = { G.body_key(verdict.wire) }
+  else
+    case.sent, case.bodies = 1, { G.body_key(verdict.wire) }
+  end
 end
 
 local function gen_download(r)
@@ -748,11 +770,15 @@ local MANY_RULES = {
 local MANY_KEYS = { "concurrency", "dir", "unzip", "retries", "max_size", "on_result", "on_progress" }
 
 local function many_callback(r, key)
-  local b = r.pick({ "go", "go", "go", "false", "raise" })
+  local b = r.pick({ "go", "go", "go", "false", "raise", "raise-table" })
   local f
   if b == "go" then f = function() end
   elseif b == "false" then f = function() return false end
-  else f = function() error("corpus: " .. key .. " raises") end end
+  elseif b == "raise" then f = function() error("corpus: " .. key .. " raises") end
+  else
+    b = "raise"
+    f = function() error({ corpus = "raised" }) end -- raised again as it is: a table
+  end
   return label(f, key .. " that " .. (b == "go" and "goes on" or b == "false" and "returns false" or "raises")), b
 end
 
@@ -938,7 +964,7 @@ local function gen_sign(r)
   for _ = 1, r.pick({ 1, 1, 2, 3 }) do
     local k = r.pick(SIGN_KEYS)
     local v = (want_valid or r.chance(0.6)) and specials[k]() or any_value(r)
-    t[k] = not rawequal(v, NIL) and v or nil
+    assign(t, k, v)
     parts[#parts + 1] = k .. "=" .. describe(v)
   end
   if not want_valid and r.chance(0.1) then
@@ -1323,7 +1349,7 @@ local function gen_new(r, ctx)
     local mine = { reasons = {}, reach = true }
     local v = config_option(r, ctx, k, want_valid or r.chance(0.5), mine)
     by_key[k] = mine
-    cfg[k] = not rawequal(v, NIL) and v or nil
+    assign(cfg, k, v)
     parts[#parts + 1] = k .. "=" .. (k == "sk" and type(v) == "string" and ("an SK of %d bytes"):format(#v)
       or describe(v))
   end
@@ -1420,6 +1446,7 @@ function G.case(n, ctx)
   case.n, case.target = n, name
   case.sent = case.sent or 0
   case.bodies = case.bodies or {}
+  case.maybe_bodies = case.maybe_bodies or {}
   return case
 end
 
