@@ -93,12 +93,27 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     gzipwav-N / extra-N outside 44..64 MiB)
 
 Every request but the control ones (any path, any method) is first held for
-latency_ms (see /_mock/set) before its status line; request bodies are read after it.
+latency_ms (see /_mock/set) before its status line; its body (by Content-Length, up to
+1 MiB) was read before, by the strict checks (below).
 Every accepted socket (all ports) has TCP_NODELAY: no 40 ms delayed-ACK stalls.
 
 Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
 of the success body of ID), /_mock/reset, /_mock/set?latency_ms=MS (0 <= MS <= 60000,
-may be fractional; answers the settings; reset puts it back to 0).
+may be fractional; answers the settings; reset puts it back to 0), /_mock/strict.
+
+Strict checks: every request but the control ones is checked as it arrives, as
+cmsrec must send it: the request line exactly "POST <path> HTTP/1.1" CRLF (visible
+ASCII, no query); header lines as received, each ending in CRLF, no obs-fold, names
+that are tokens, values without control characters (HTAB aside); exactly one Host
+(naming this port), Content-Type (application/json;charset=UTF-8), Content-Length
+(equal to the body's length) and Authorization, no Transfer-Encoding; a body that is
+a JSON object in UTF-8 with exactly callID, workNo, beginTime, callerNo, calleeNo in
+that order, strings of at most 256 bytes without control characters (C0, DEL, C1),
+callID not empty, beginTime empty or a real yyyyMMddHHmmss; a signature that
+verifies. A request that breaks one, or that http.server refuses before any handler
+(a request line or header line over 64 KiB, more than 100 headers, a bad request
+line, an unknown method), counts as malformed. /_mock/strict answers {seen,
+malformed, reason, bodies: {"<the five values joined by \x1f>": count}}.
 
 /_mock/stats (JSON; reset clears every counter, a setting goes back to its default):
   requests          POSTs to the API path (auth failures included)
@@ -119,6 +134,8 @@ may be fractional; answers the settings; reset puts it back to 0).
                     differences only; the clock is the server's)
   per_call          {callID: number of API POSTs that carried it} (401s included)
   per_call_times    {callID: [the receive times of its last 100 POSTs]}: for backoff
+  strict_seen       requests the strict checks saw (control ones aside)
+  malformed         of those, the ones that broke a rule; malformed_reason: the last's
 """
 import argparse
 import collections
