@@ -241,13 +241,13 @@ static void check_keys(lua_State *L, int idx, const char *what,
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         const char *k, *hint;
-        size_t i;
+        size_t i, len;
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "%s: option names must be strings, got a %s key", what,
                        luaL_typename(L, -1));
-        k = lua_tolstring(L, -1, &i);
-        if (strlen(k) != i) /* "timeout\0x" is not timeout */
+        k = lua_tolstring(L, -1, &len);
+        if (strlen(k) != len) /* "timeout\0x" is not timeout */
             luaL_error(L, "%s: option names must not contain NUL bytes", what);
         for (i = 0; i < nkeys; i++)
             if (strcmp(k, keys[i]) == 0)

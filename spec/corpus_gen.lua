@@ -792,7 +792,8 @@ local function gen_many(r, ctx, n)
     case.label = "the list " .. describe(list)
     if type(list) ~= "table" then reasons[#reasons + 1] = "table expected" end
   elseif k == 2 then
-    list = label({ a = { callID = "1-2" }, b = { callID = "x" } }, "a map {a = {callID = \"1-2\"}, b = {callID = \"x\"}}")
+    list = label({ a = { callID = "1-2" }, b = { callID = "x" } },
+      "a map {a = {callID = \"1-2\"}, b = {callID = \"x\"}}")
     case.label = "the list " .. describe(list)
   else
     list = {}
@@ -1130,7 +1131,8 @@ local function gen_unzip(r, ctx, n)
   local dir, dir_label, dir_kind = nil, "in memory", "none"
   local k = r.int(10)
   if k <= 4 then dir, dir_label, dir_kind = ctx.udir .. "/u-" .. n, "into a new directory", "new"
-  elseif k == 5 then dir, dir_label, dir_kind = "/nonexistent-cmsrec-corpus/x", "into a directory in a missing one", "io"
+  elseif k == 5 then
+    dir, dir_label, dir_kind = "/nonexistent-cmsrec-corpus/x", "into a directory in a missing one", "io"
   elseif k == 6 then dir, dir_label, dir_kind = ctx.udir .. "/a\0b", "into a directory with a NUL", "nul"
   elseif k == 7 then dir = r.pick(others()) dir_label, dir_kind = "into " .. describe(dir), "type" end
   local reasons = {}
@@ -1158,7 +1160,8 @@ local function gen_unzip(r, ctx, n)
     reasons[#reasons + 1] = "too many arguments"
   end
   local case = { args = args, nargs = nargs, dir = dir, dir_kind = dir_kind,
-                 label = ("%s, %s, %s%s"):format(src_label, dir_label, opts_label, nargs == 4 and ", an extra argument" or "") }
+                 label = ("%s, %s, %s%s"):format(src_label, dir_label, opts_label,
+                   nargs == 4 and ", an extra argument" or "") }
   if type(src) ~= "string" and type(src) ~= "number" then reasons[#reasons + 1] = "#1" end
   if dir_kind == "type" and type(dir) ~= "string" and type(dir) ~= "number" then reasons[#reasons + 1] = "#2" end
   if dir_kind == "nul" then reasons[#reasons + 1] = "NUL" end
@@ -1302,7 +1305,8 @@ local function config_option(r, ctx, k, valid_pick, st)
     v = valid_pick and r.pick({ 0.5, 1, 2, 5, 1e-9, 0, -1, 86400 * 30, 86400 * 30 + 1, "2", 0 / 0, 1 / 0, NIL })
       or any_value(r)
     if not rule_seconds(v) then st.reasons[#st.reasons + 1] = k
-    elseif (rawequal(v, NIL) and k == "timeout") or (not rawequal(v, NIL) and (v < 1 or (k == "timeout" and v > 5))) then
+    elseif (rawequal(v, NIL) and k == "timeout") or
+        (not rawequal(v, NIL) and (v < 1 or (k == "timeout" and v > 5))) then
       st.reach = false -- no hang: a download only with a small timeout
     end
   elseif k == "stall_timeout" then

@@ -139,7 +139,9 @@ describe("the malformed-input corpus", function()
     end
     if err.retryable ~= false then fail("an invalid error is retryable") end
     if not tostring(err):find("^cmsrec: .+ %(invalid error%)$") then fail("tostring(err) is %s", tostring(err)) end
-    if has_attempts and err.attempts ~= 0 then fail("err.attempts is %s for an invalid request", tostring(err.attempts)) end
+    if has_attempts and err.attempts ~= 0 then
+      fail("err.attempts is %s for an invalid request", tostring(err.attempts))
+    end
     H.assert_no_secret(err)
     if not G.printable(err.message) then fail("the message is not printable UTF-8") end
     tally.invalid = tally.invalid + 1
@@ -239,7 +241,9 @@ describe("the malformed-input corpus", function()
     local info, obs = res[2], nil
     if info == nil then
       obs = { err = res[3] }
-      if case.dest_kind == "file" and read_all(case.dest) then fail("a failed download left %s", G.describe(case.dest)) end
+      if case.dest_kind == "file" and read_all(case.dest) then
+        fail("a failed download left %s", G.describe(case.dest))
+      end
     elseif case.beh.parts then
       obs = { ok = true, data = table.concat(case.beh.parts), info = info }
     elseif case.unzip then
@@ -277,7 +281,9 @@ describe("the malformed-input corpus", function()
 
   local function check_prepared(p, wire)
     if type(p) ~= "table" then fail("prepare gave %s", shown(p)) end
-    if p.method ~= "POST" or p.url ~= ctx.client_url then fail("method %s, url %s", tostring(p.method), tostring(p.url)) end
+    if p.method ~= "POST" or p.url ~= ctx.client_url then
+      fail("method %s, url %s", tostring(p.method), tostring(p.url))
+    end
     local h = p.headers
     local want = { Host = "127.0.0.1:" .. ctx.port, ["Content-Type"] = JSON_CT,
                    ["Content-Length"] = tostring(#p.body), ["Accept-Encoding"] = "identity" }
@@ -409,7 +415,9 @@ describe("the malformed-input corpus", function()
     local success = st and st >= 200 and st <= 299
     if type(r1) == "string" then
       if r1 ~= "wav" and r1 ~= "zip" and r1 ~= "unknown" then fail("format %s", r1) end
-      if (st and not success) or exp.encoded then fail("a format for HTTP %s (encoded %s)", tostring(st), tostring(exp.encoded)) end
+      if (st and not success) or exp.encoded then
+        fail("a format for HTTP %s (encoded %s)", tostring(st), tostring(exp.encoded))
+      end
       if body:find("^RIFF....WAVE") and r1 ~= "wav" then fail("a WAV classified %s", r1) end
       if body:sub(1, 4) == "PK\3\4" and r1 ~= "zip" then fail("a ZIP classified %s", r1) end
     elseif r1 == nil and res.n == 2 then

@@ -97,7 +97,7 @@ int cms_datetime14_valid(const char *s, size_t n)
 static int check_value(const char *name, const char *v, size_t n, cms_error *err)
 {
     size_t i, k;
-    unsigned long cp;
+    unsigned long cp = 0;
 
     if (n > CMS_FIELD_MAX_BYTES)
         return cms_error_field(err, name, "'%s' is too long (%zu bytes, at most %d)",
@@ -106,7 +106,7 @@ static int check_value(const char *name, const char *v, size_t n, cms_error *err
         return cms_error_field(err, name, "'%s' is not valid UTF-8", name);
     for (i = 0; i < n; i += k) {
         k = cms_utf8_char(v + i, n - i, &cp);
-        if (cms_is_control(cp))
+        if (k == 0 || cms_is_control(cp)) /* k: never 0 after cms_utf8_valid */
             return cms_error_field(err, name,
                                    "'%s' contains a control character (U+%04lX at byte %zu)",
                                    name, cp, i + 1);
