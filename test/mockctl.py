@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Query a running mock CMS (test/mock_cms.py) over its plain-HTTP control port.
 
-usage: mockctl.py STATE_DIR stats|reset|expect CALLID|set NAME VALUE|tls [MODE]
+usage: mockctl.py STATE_DIR stats|strict|reset|expect CALLID|set NAME VALUE|tls [MODE]
   stats           the counters (/_mock/stats)
+  strict          the strict request checks, with every body seen (/_mock/strict)
   reset           clear them, settings back to their defaults (/_mock/reset)
   expect CALLID   size and sha256 of the success body of CALLID (/_mock/expect)
   set NAME VALUE  change a setting, e.g. `set latency_ms 20` (/_mock/set)
@@ -21,7 +22,7 @@ def main():
     state, cmd = sys.argv[1], sys.argv[2]
     with open(f"{state}/ready.json") as f:
         port = json.load(f)["http_port"]
-    path = {"stats": "/_mock/stats", "reset": "/_mock/reset"}.get(cmd)
+    path = {"stats": "/_mock/stats", "reset": "/_mock/reset", "strict": "/_mock/strict"}.get(cmd)
     if cmd == "expect":
         path = "/_mock/expect?callID=" + urllib.parse.quote(sys.argv[3])
     if cmd == "set":
