@@ -31,9 +31,11 @@
 #include "src/cms_gateway.h"
 #include "src/cms_job.h"
 #include "src/cms_request.h"
+#include "src/cms_secret.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
 #include "src/cms_text.h"
+#include "src/cms_trace.h"
 #include "src/cms_transfer.h"
 #include "src/cms_url.h"
 #include "src/cms_zip.h"
@@ -44,6 +46,9 @@
 #define CMSREC_DEFAULT_RETRIES 2
 #define CMSREC_DEFAULT_STALL_S 120 /* no byte for this long: the transfer is stalled */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
+#define CMSREC_AK_MAX 256          /* bytes: the AK goes into the Authorization header */
+#define CMSREC_USER_AGENT_MAX 1024 /* bytes: a header */
+#define CMSREC_PATH_MAX 2048       /* bytes of the path sent, base_url's and `path` */
 #define CMSREC_TOKEN_ANSWER_MAX (64 * 1024) /* a token answer is a few hundred bytes */
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
@@ -67,8 +72,8 @@ typedef struct client {
     char *path;         /* the path exactly as sent and signed */
     char *host;         /* the Host header, the authority as written */
     char *ak;
-    unsigned char *sk;  /* wiped with OPENSSL_cleanse on close */
-    size_t sk_len;
+    cms_secret sk;      /* in pages of its own, wiped on close (cms_secret.h) */
+    cms_secret key_password; /* sslkey_password, likewise; tc.key_password points here */
     cms_transfer_config tc; /* its strings are owned here */
     long long max_size; /* in-memory downloads */
     int retries;        /* retries of a failed attempt, by default */
@@ -112,12 +117,9 @@ static void client_release(lua_State *L, client *c)
         curl_share_cleanup(c->tc.share);
     c->tc.share = NULL;
     cms_conn_set_free(&c->conns);
-    if (c->sk) {
-        OPENSSL_cleanse(c->sk, c->sk_len);
-        free(c->sk);
-        c->sk = NULL;
-        c->sk_len = 0;
-    }
+    cms_secret_free(&c->sk);
+    cms_secret_free(&c->key_password);
+    c->tc.key_password = NULL;
     cms_token_wipe(&c->token);
     cms_headers_free(&c->extra);
     curl_slist_free_all(c->resolve);
@@ -132,6 +134,9 @@ static void client_release(lua_State *L, client *c)
     free_str((char **)&c->tc.capath);
     free_str((char **)&c->tc.proxy);
     free_str((char **)&c->tc.user_agent);
+    free_str((char **)&c->tc.sslcert);
+    free_str((char **)&c->tc.sslkey);
+    free_str((char **)&c->tc.pinnedpubkey);
     c->closed = 1;
 }
 
@@ -242,7 +247,8 @@ static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
     "authorization", "allow_http", "max_size", "stall_timeout", "reuse", "retries",
-    "max_rate", "auth", "token_url", "headers", "resolve",
+    "max_rate", "sslcert", "sslkey", "sslkey_password", "pinnedpubkey", "tls_min",
+    "auth", "token_url", "headers", "resolve",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -258,12 +264,14 @@ static void check_keys(lua_State *L, int idx, const char *what,
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         const char *k, *hint;
-        size_t i;
+        size_t i, len;
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "%s: option names must be strings, got a %s key", what,
                        luaL_typename(L, -1));
-        k = lua_tostring(L, -1);
+        k = lua_tolstring(L, -1, &len);
+        if (strlen(k) != len) /* "timeout\0x" is not timeout */
+            luaL_error(L, "%s: option names must not contain NUL bytes", what);
         for (i = 0; i < nkeys; i++)
             if (strcmp(k, keys[i]) == 0)
                 break;
@@ -274,6 +282,18 @@ static void check_keys(lua_State *L, int idx, const char *what,
             luaL_error(L, "%s: unknown option '%s' (did you mean '%s'?)", what, k, hint);
         luaL_error(L, "%s: unknown option '%s'", what, k);
     }
+}
+
+/* 1 if s[0..n) has a control byte (C0, NUL included, or DEL): it cannot be
+   sent in a header or a request line. */
+static int has_ctl(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7F)
+            return 1;
+    return 0;
 }
 
 /* Optional string option: NULL when absent; raises on a wrong type. */
@@ -403,6 +423,18 @@ static char *dup_opt(lua_State *L, int idx, const char *key)
     return dup_or_raise(L, s, s ? strlen(s) : 0);
 }
 
+/* A string option sent as a header: no control characters, at most `max` bytes. */
+static char *dup_header_opt(lua_State *L, int idx, const char *key, size_t max)
+{
+    size_t n = 0;
+    const char *s = opt_string(L, idx, "cmsrec.new", key, &n);
+
+    if (s && (has_ctl(s, n) || n > max))
+        luaL_error(L, "cmsrec.new: option '%s' goes into a request header: it must have no "
+                      "control characters and at most %d bytes", key, (int)max);
+    return dup_or_raise(L, s, n);
+}
+
 /* ===== CONFIG ===== */
 
 /* base_url + path -> c->url, c->path, c->host. */
@@ -428,6 +460,9 @@ static void config_url(lua_State *L, int idx, client *c)
     c->url = u.url;
     c->host = u.host;
     c->path = u.path;
+    if (strlen(c->path) > CMSREC_PATH_MAX) /* servers refuse such request lines */
+        luaL_error(L, "cmsrec.new: options 'base_url' and 'path' make a path of %d bytes "
+                      "(at most %d)", (int)strlen(c->path), CMSREC_PATH_MAX);
 }
 
 static void config_signed_headers(lua_State *L, int idx, client *c)
@@ -447,11 +482,12 @@ static void config_signed_headers(lua_State *L, int idx, client *c)
     c->signed_headers = 0;
     for (i = 1; i <= n; i++) {
         const char *h, *hint;
+        size_t hlen = 0;
         int bit = 0, j;
         lua_rawgeti(L, -1, (int)i);
-        h = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        h = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &hlen) : "";
         for (j = 0; j < 3; j++)
-            if (strcmp(h, names[j]) == 0)
+            if (strcmp(h, names[j]) == 0 && strlen(h) == hlen)
                 bit = 1 << j;
         if (!bit) {
             hint = cms_suggest(h, names, 3);
@@ -468,15 +504,6 @@ static void config_signed_headers(lua_State *L, int idx, client *c)
     if (!(c->signed_headers & SIGN_HOST))
         luaL_error(L, "cmsrec.new: option 'signed_headers' must include 'host'");
     lua_pop(L, 1);
-}
-
-/* No control characters: the AK goes into a header line (CR LF would add a header). */
-static int ak_printable(const char *ak)
-{
-    for (; *ak; ak++)
-        if ((unsigned char)*ak < 0x20 || (unsigned char)*ak == 0x7F)
-            return 0;
-    return 1;
 }
 
 /* ak/sk from the config, else from CMSREC_AK / CMSREC_SK. */
@@ -496,12 +523,98 @@ static void config_credentials(lua_State *L, int idx, client *c)
         luaL_error(L, "cmsrec.new: option 'ak' is required (or set CMSREC_AK)");
     if (!sk || !sk_len)
         luaL_error(L, "cmsrec.new: option 'sk' is required (or set CMSREC_SK)");
-    if (strlen(ak) != ak_len || strchr(ak, '/') || !ak_printable(ak))
-        luaL_error(L, "cmsrec.new: option 'ak' must not contain '/', NUL bytes or control "
-                      "characters");
+    if (has_ctl(ak, ak_len) || memchr(ak, '/', ak_len) || ak_len > CMSREC_AK_MAX)
+        luaL_error(L, "cmsrec.new: option 'ak' goes into the Authorization header: it must "
+                      "have no '/' or control characters and at most %d bytes", CMSREC_AK_MAX);
     c->ak = dup_or_raise(L, ak, ak_len);
-    c->sk = (unsigned char *)dup_or_raise(L, sk, sk_len);
-    c->sk_len = sk_len;
+    if (cms_secret_set(&c->sk, sk, sk_len) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for the SK: %s", strerror(errno));
+}
+
+/* A file option: a readable file, or raise naming the option (a typo in a
+   path is a configuration error, found at new rather than at the first call). */
+static char *config_file(lua_State *L, int idx, const char *key)
+{
+    char *path = dup_opt(L, idx, key);
+    struct stat st;
+    const char *why = NULL;
+
+    if (path && (access(path, R_OK) != 0 || stat(path, &st) != 0))
+        why = strerror(errno);
+    else if (path && S_ISDIR(st.st_mode))
+        why = "it is a directory";
+    if (why) {
+        lua_pushfstring(L, "cmsrec.new: option '%s': cannot read '%s': %s", key, path, why);
+        free(path);
+        lua_error(L);
+    }
+    return path;
+}
+
+/* "sha256//<44 base64 characters>" entries, ';' between them, or a file. */
+static int pin_hashes_valid(const char *s)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n;
+
+    for (;;) {
+        if (strncmp(s, "sha256//", 8) != 0)
+            return 0;
+        s += 8;
+        n = strspn(s, b64);
+        if (n != 43 || s[n] != '=')
+            return 0;
+        s += n + 1;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != ';')
+            return 0;
+    }
+}
+
+static void config_pin(lua_State *L, int idx, client *c)
+{
+    const char *pin = opt_cstring(L, idx, "cmsrec.new", "pinnedpubkey");
+
+    if (pin && strncmp(pin, "sha256//", 8) == 0) {
+        if (!pin_hashes_valid(pin))
+            luaL_error(L, "cmsrec.new: option 'pinnedpubkey' must be \"sha256//<base64 of "
+                          "the SHA-256 of the public key>\" (44 characters), several joined "
+                          "with ';', or the path of a PEM or DER public key file");
+        c->tc.pinnedpubkey = dup_or_raise(L, pin, strlen(pin));
+    } else if (pin) {
+        c->tc.pinnedpubkey = config_file(L, idx, "pinnedpubkey");
+    }
+}
+
+/* sslcert, sslkey, sslkey_password, pinnedpubkey, tls_min. */
+static void config_tls(lua_State *L, int idx, client *c)
+{
+    size_t n = 0;
+    const char *v = opt_cstring(L, idx, "cmsrec.new", "tls_min");
+    const char *password = opt_string(L, idx, "cmsrec.new", "sslkey_password", &n);
+
+    if (v && strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0)
+        luaL_error(L, "cmsrec.new: option 'tls_min' must be \"1.2\" (the default) or "
+                      "\"1.3\"");
+    c->tc.tls_min = v && strcmp(v, "1.3") == 0 ? (long)CURL_SSLVERSION_TLSv1_3
+                                               : (long)CURL_SSLVERSION_TLSv1_2;
+    c->tc.sslcert = config_file(L, idx, "sslcert");
+    c->tc.sslkey = config_file(L, idx, "sslkey");
+    if (c->tc.sslkey && !c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey' needs 'sslcert' (the certificate of "
+                      "that key)");
+    config_pin(L, idx, c);
+    if (!password)
+        return;
+    if (!c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' needs 'sslcert' (and 'sslkey')");
+    if (strlen(password) != n)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' must not contain NUL bytes");
+    if (cms_secret_set(&c->key_password, password, n) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for 'sslkey_password': %s",
+                   strerror(errno));
+    c->tc.key_password = (const char *)c->key_password.data;
 }
 
 /* stall_timeout: seconds, default CMSREC_DEFAULT_STALL_S; false turns it off. */
@@ -667,8 +780,18 @@ static void config_gateways(lua_State *L, int idx, client *c)
     config_auth(L, idx, c);
     config_auth_options(L, idx, c);
     config_token_url(L, idx, c);
+    if (c->auth == AUTH_BEARER)
+        c->tc.hide = &c->token; /* the CMSREC_DEBUG trace never shows it */
     config_headers(L, idx, c);
     config_resolve(L, idx, c);
+}
+
+/* CMSREC_DEBUG, read once per client: set and not "0". */
+static int config_debug(void)
+{
+    const char *v = getenv("CMSREC_DEBUG");
+
+    return v && *v && strcmp(v, "0") != 0;
 }
 
 static int l_new(lua_State *L)
@@ -723,10 +846,12 @@ static int l_new(lua_State *L)
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
     c->tc.proxy = dup_opt(L, 1, "proxy");
-    c->tc.user_agent = dup_opt(L, 1, "user_agent");
+    c->tc.user_agent = dup_header_opt(L, 1, "user_agent", CMSREC_USER_AGENT_MAX);
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
                                         strlen("cmsrec/" CMSREC_VERSION));
+    config_tls(L, 1, c);
+    c->tc.debug = config_debug();
     config_credentials(L, 1, c); /* last: no later check can leave an SK copy behind */
 
     c->tc.conns = &c->conns;
@@ -909,10 +1034,15 @@ static int read_request(lua_State *L, int idx, cms_request *r,
             return -1;
         }
         k = lua_tostring(L, -2);
+        if (strlen(k) != lua_rawlen(L, -2)) { /* "callID\0x" is not callID */
+            cms_error_field(err, "request", "request field names must not contain NUL bytes");
+            lua_pop(L, 2);
+            return -1;
+        }
         f = cms_request_field_index(k);
         if (f < 0) {
             hint = cms_suggest(k, cms_request_fields, CMS_F__COUNT);
-            cms_error_field(err, k, "unknown request field '%.64s'%s%s%s", k,
+            cms_error_field(err, *k ? k : "request", "unknown request field '%.64s'%s%s%s", k,
                             hint ? " (did you mean " : "", hint ? hint : "",
                             hint ? "?)" : "");
             lua_pop(L, 2);
@@ -961,12 +1091,11 @@ static int call_authorization(lua_State *L, int cl, client *c, scratch *s,
         return -1;
     }
     *auth = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (!*auth || !**auth || strlen(*auth) != lua_rawlen(L, -1) ||
-        strpbrk(*auth, "\r\n")) {
+    if (!*auth || !**auth || has_ctl(*auth, lua_rawlen(L, -1))) {
         lua_pop(L, 1);
         return cms_error_field(err, "authorization",
                                "the authorization function must return a non-empty "
-                               "single-line string");
+                               "string without control characters");
     }
     return 0; /* the string stays on the stack until the download returns */
 }
@@ -990,8 +1119,8 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
     memset(&in, 0, sizeof in);
     in.ak = c->ak;
-    in.sk = c->sk;
-    in.sk_len = c->sk_len;
+    in.sk = c->sk.data;
+    in.sk_len = c->sk.len;
     in.method = "POST";
     in.path = req_path(c, s);
     in.headers = h;
@@ -1002,14 +1131,16 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
     return cms_sign(&in, &s->sig, err);
 }
 
+/* `option`: what the value comes from, named when it is too long. */
 static int add_header(struct curl_slist **list, const char *name, const char *value,
-                      cms_error *err)
+                      const char *option, cms_error *err)
 {
     char line[1024];
     struct curl_slist *l;
 
     if ((size_t)snprintf(line, sizeof line, "%s: %s", name, value) >= sizeof line)
-        return cms_error_set(err, CMS_E_INVALID, "the %s header is too long", name);
+        return cms_error_field(err, option, "the %s header is too long (from '%s')", name,
+                               option);
     l = curl_slist_append(*list, line);
     OPENSSL_cleanse(line, sizeof line);
     if (!l)
@@ -1024,24 +1155,26 @@ static int add_gateway_headers(scratch *s, client *c, cms_error *err)
     size_t i;
 
     if (!c->has_authorization && c->auth == AUTH_APIG &&
-        add_header(&s->headers, "X-Sdk-Date", s->sdk_date, err) != 0)
+        add_header(&s->headers, "X-Sdk-Date", s->sdk_date, "", err) != 0)
         return -1;
     if (!c->has_authorization && c->auth == AUTH_BEARER &&
-        add_header(&s->headers, "X-APP-Key", c->ak, err) != 0)
+        add_header(&s->headers, "X-APP-Key", c->ak, "ak", err) != 0)
         return -1;
     for (i = 0; i < c->extra.n; i++)
-        if (add_header(&s->headers, c->extra.kv[i].name, c->extra.kv[i].value, err) != 0)
+        if (add_header(&s->headers, c->extra.kv[i].name, c->extra.kv[i].value, "headers", err) != 0)
             return -1;
     return 0;
 }
 
 static int build_headers(scratch *s, client *c, const char *auth, cms_error *err)
 {
-    return add_header(&s->headers, "Host", c->host, err) ||
-           add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, err) ||
-           add_header(&s->headers, "Authorization", auth, err) ||
+    const char *auth_from = c->has_authorization ? "authorization" : "ak";
+
+    return add_header(&s->headers, "Host", c->host, "base_url", err) ||
+           add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
+           add_header(&s->headers, "Authorization", auth, auth_from, err) ||
            /* no "Expect: 100-continue" round trip for a small JSON body */
-           add_header(&s->headers, "Expect", "", err) ||
+           add_header(&s->headers, "Expect", "", "", err) ||
            add_gateway_headers(s, c, err) ? -1 : 0;
 }
 
@@ -1120,8 +1253,8 @@ static int sign_apig(client *c, scratch *s, cms_error *err)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
     memset(&in, 0, sizeof in);
     in.ak = c->ak;
-    in.sk = c->sk;
-    in.sk_len = c->sk_len;
+    in.sk = c->sk.data;
+    in.sk_len = c->sk.len;
     in.method = "POST";
     in.path = req_path(c, s);
     in.headers = h;
@@ -1137,8 +1270,9 @@ static int sk_plain(const client *c)
 {
     size_t i;
 
-    for (i = 0; i < c->sk_len; i++)
-        if (c->sk[i] < 0x20 || c->sk[i] > 0x7E || c->sk[i] == '"' || c->sk[i] == '\\')
+    for (i = 0; i < c->sk.len; i++)
+        if (c->sk.data[i] < 0x20 || c->sk.data[i] > 0x7E || c->sk.data[i] == '"' ||
+            c->sk.data[i] == '\\')
             return 0;
     return 1;
 }
@@ -1157,10 +1291,10 @@ static int token_body(lua_State *L, client *c, cms_buf *b, cms_error *err)
          json_escape(&esc, c->ak, strlen(c->ak), b) ||
          cms_buf_append_str(b, ",\"app_secret\":");
     if (rc == 0 && sk_plain(c))
-        rc = cms_buf_append_char(b, '"') || cms_buf_append(b, c->sk, c->sk_len) ||
+        rc = cms_buf_append_char(b, '"') || cms_buf_append(b, c->sk.data, c->sk.len) ||
              cms_buf_append_char(b, '"');
     else if (rc == 0)
-        rc = json_escape(&esc, (const char *)c->sk, c->sk_len, b);
+        rc = json_escape(&esc, (const char *)c->sk.data, c->sk.len, b);
     if (rc == 0)
         rc = cms_buf_append_char(b, '}');
     return rc ? cms_error_set(err, CMS_E_NOMEM, "out of memory building the token request") : 0;
@@ -1193,10 +1327,22 @@ static int token_accept(lua_State *L, client *c, scratch *s, cms_error *err)
         cms_token_refused(r, c->token_url, json_fields, L, err);
     if (!kept && tok)
         cms_error_scrub(err, tok, n); /* a token refused for its characters: still a token */
-    cms_error_scrub(err, (const char *)c->sk, c->sk_len);
+    cms_error_scrub(err, (const char *)c->sk.data, c->sk.len);
     if (decoded)
         lua_pop(L, 3); /* the answer, AccessToken, expiresIn */
     return kept ? 0 : -1;
+}
+
+/* CMSREC_DEBUG: how the token request ended, its answer never shown. */
+static void trace_token(const client *c, const scratch *s, int rc, const cms_error *err)
+{
+    static const char hidden[] = "(the token endpoint's answer: not shown)";
+    cms_response r = s->token_resp;
+
+    r.body.data = (char *)hidden;
+    r.body.len = r.status > 0 ? sizeof hidden - 1 : 0;
+    r.truncated = 0;
+    cms_trace_outcome(stderr, cms_trace_id(c->token_curl), &r, rc, err);
 }
 
 /* POST the AK/SK to token_url on the client's token handle (its TLS settings,
@@ -1209,16 +1355,21 @@ static int token_fetch(lua_State *L, client *c, scratch *s, cms_error *err)
 
     tc.conns = NULL; /* a connection of its own: the client's may carry transfers */
     tc.busy_conns = 0;
+    tc.debug = 0; /* its body holds the SK, its answer the token: see trace_token */
     memset(&io, 0, sizeof io);
     io.answer_max = CMSREC_TOKEN_ANSWER_MAX;
     scratch_untoken(s);
+    if (c->tc.debug)
+        cms_trace_request(stderr, cms_trace_id(c->token_curl), c->token_url);
     rc = token_body(L, c, &s->token_body, err) ||
-         add_header(&s->token_headers, "Content-Type", CMSREC_CONTENT_TYPE, err) ||
-         add_header(&s->token_headers, "Accept", "application/json", err) ||
-         add_header(&s->token_headers, "Expect", "", err) ||
+         add_header(&s->token_headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
+         add_header(&s->token_headers, "Accept", "application/json", "", err) ||
+         add_header(&s->token_headers, "Expect", "", "", err) ||
          cms_transfer_post(c->token_curl, &tc, c->token_url, s->token_headers,
                            s->token_body.data, s->token_body.len, &io, &s->token_resp, err) ||
          token_accept(L, c, s, err) ? -1 : 0;
+    if (c->tc.debug)
+        trace_token(c, s, rc, err);
     scratch_untoken(s);
     return rc;
 }
@@ -1256,7 +1407,7 @@ static int bearer_retry(client *c, scratch *s, const cms_error *e)
 /* Neither the SK nor the token in an error, whatever the server quoted. */
 static void scrub_secrets(const client *c, cms_error *e)
 {
-    cms_error_scrub(e, (const char *)c->sk, c->sk_len);
+    cms_error_scrub(e, (const char *)c->sk.data, c->sk.len);
     cms_error_scrub(e, c->token.value, c->token.len);
 }
 

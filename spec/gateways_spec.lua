@@ -272,6 +272,27 @@ describe("gateways against the mock", function()
     end)
   end)
 
+  describe("the CMSREC_DEBUG trace with auth = bearer", function()
+    it("shows neither the token nor the SK, even quoted by the gateway", function()
+      mock.set("bearer_reject", 1) -- the mock quotes the token in its 401 answer
+      local out = H.run_lua(([[
+        local c = require("cmsrec").new{ base_url = %q, ak = %q, sk = %q, cafile = %q, retries = 0,
+                                         auth = "bearer", token_url = %q }
+        local _, err = c:download{ callID = "wav-100" }
+        print("kind " .. err.kind)
+      ]]):format(mock.url, H.AK, H.SK, mock.ca, token_url()), "CMSREC_DEBUG=1")
+      local token = last_token()
+      assert.truthy(token and #token > 20)
+      assert.truthy(out:find("kind auth", 1, true), out)
+      assert.truthy(out:find("> POST " .. token_url(), 1, true), out) -- the token request is traced
+      assert.truthy(out:find("(the token endpoint's answer: not shown)", 1, true), out)
+      assert.truthy(out:find("Authorization: Bearer <redacted>", 1, true), out)
+      assert.truthy(out:find("token <redacted> is not allowed", 1, true), out) -- quoted, then hidden
+      assert.is_nil(out:find(token, 1, true))
+      assert.is_nil(out:find(H.SK, 1, true))
+    end)
+  end)
+
   describe("extra headers", function()
     local HEADERS = { ["X-TenantSpaceID"] = "tenant-42", ["X-Trace"] = "caf\195\169 1" }
 
@@ -355,7 +376,7 @@ describe("gateways against the mock", function()
 
     it("an AK with CR, LF or other control characters is refused (it would inject a header)", function()
       for _, ak in ipairs({ "mock-ak\r\nX-Injected: yes", "mock\tak", "mock-ak\127" }) do
-        assert.matches("option 'ak' must not contain", refused{ ak = ak })
+        assert.matches("option 'ak' goes into the Authorization header: it must have no '/' or control characters", refused{ ak = ak })
       end
     end)
 

@@ -177,14 +177,12 @@ char *cms_token_url_default(const char *base_url)
 void cms_token_init(cms_token *t)
 {
     memset(t, 0, sizeof *t);
+    cms_secret_init(&t->secret);
 }
 
 void cms_token_wipe(cms_token *t)
 {
-    if (t->value) {
-        OPENSSL_cleanse(t->value, t->len);
-        free(t->value);
-    }
+    cms_secret_free(&t->secret);
     t->value = NULL;
     t->len = 0;
     t->expires = 0;
@@ -192,13 +190,15 @@ void cms_token_wipe(cms_token *t)
 
 int cms_token_store(cms_token *t, const char *v, size_t n, double expires)
 {
-    char *copy = dup_n(v, n);
+    cms_secret next;
 
-    if (!copy)
+    cms_secret_init(&next);
+    if (cms_secret_set(&next, v, n) != 0)
         return -1;
     cms_token_wipe(t);
-    t->value = copy;
-    t->len = n;
+    t->secret = next; /* the mapping moves with the struct */
+    t->value = (const char *)t->secret.data;
+    t->len = t->secret.len;
     t->expires = expires;
     t->gen++;
     return 0;

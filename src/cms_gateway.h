@@ -18,6 +18,7 @@
 
 #include "cms_error.h"
 #include "cms_job.h"
+#include "cms_secret.h"
 #include "cms_sign.h"
 
 #define CMS_HEADERS_MAX 24       /* extra headers: apig signs them with 3 more */
@@ -55,13 +56,15 @@ const char *cms_resolve_problem(const char *entry);
 char *cms_token_url_default(const char *base_url);
 
 /*
- * The bearer token. `gen` counts the tokens stored, so a request can tell
- * whether the token it used is still the current one. `expires` is on the
- * cms_now() clock, 0 when the endpoint gave no lifetime (then it is used
- * until a request is refused with 401).
+ * The bearer token, in pages of its own like the SK (cms_secret: no core
+ * dumps, no swap, wiped before unmapped). `value`/`len` view those bytes.
+ * `gen` counts the tokens stored, so a request can tell whether the token
+ * it used is still the current one. `expires` is on the cms_now() clock, 0
+ * when the endpoint gave no lifetime (used until a request is refused, 401).
  */
 typedef struct cms_token {
-    char *value;
+    cms_secret secret;
+    const char *value;
     size_t len;
     double expires;
     unsigned gen;
@@ -70,7 +73,7 @@ typedef struct cms_token {
 void cms_token_init(cms_token *t);
 /* Keep a copy of `v` (the old one wiped); 0, or -1 out of memory. */
 int cms_token_store(cms_token *t, const char *v, size_t n, double expires);
-/* Wipe and free the token (OPENSSL_cleanse); `gen` stays. Safe twice. */
+/* Wipe and unmap the token (cms_secret_free); `gen` stays. Safe twice. */
 void cms_token_wipe(cms_token *t);
 /* 1 when a token is held and not about to expire at `now`. */
 int cms_token_usable(const cms_token *t, double now);

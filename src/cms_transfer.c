@@ -1,5 +1,7 @@
 /* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
 #include "cms_transfer.h"
+#include "cms_trace.h"
+#include "cms_gateway.h" /* cms_token, cms_error_scrub: the trace hides a bearer token */
 
 #include <poll.h>
 #include <pthread.h>
@@ -265,6 +267,12 @@ cms_error_kind cms_curl_error_kind(CURLcode rc)
     }
 }
 
+int cms_tls_alert(CURLcode rc, const char *errbuf)
+{
+    return (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR) && errbuf &&
+           strstr(errbuf, "SSL routines:") && strstr(errbuf, " alert ");
+}
+
 static int is_retryable_network(CURLcode rc)
 {
     switch (rc) {
@@ -414,6 +422,92 @@ static void drop_unclean_connections(CURL *h, const cms_transfer_config *cfg)
         drop_if_unclean(sock);
 }
 
+/* `p` with the hidden bearer token (cfg->hide) replaced by "<redacted>", into
+   `out`: 1; 0 when it is not there (show `p` as it is); -1 out of memory
+   (show nothing). A gateway may quote the token in an answer. */
+static int hide_token(const cms_transfer_config *cfg, const char *p, size_t n, cms_buf *out)
+{
+    const cms_token *t = cfg ? cfg->hide : NULL;
+    size_t i, from = 0;
+    int found = 0;
+
+    if (!t || !t->value || t->len == 0)
+        return 0;
+    for (i = 0; i + t->len <= n; i++) {
+        if (memcmp(p + i, t->value, t->len) != 0)
+            continue;
+        if (cms_buf_append(out, p + from, i - from) || cms_buf_append_str(out, "<redacted>"))
+            return -1;
+        found = 1;
+        from = i + t->len;
+        i = from - 1;
+    }
+    if (found && cms_buf_append(out, p + from, n - from) != 0)
+        return -1;
+    return found;
+}
+
+/* CMSREC_DEBUG: every libcurl event through the redacting trace. */
+static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *ud)
+{
+    cms_buf b;
+    int hidden;
+
+    cms_buf_init(&b);
+    hidden = hide_token(ud, data, size, &b);
+    if (hidden >= 0)
+        cms_trace_event(stderr, cms_trace_id(h), type, hidden ? b.data : data,
+                        hidden ? b.len : size);
+    cms_buf_free(&b);
+    return 0;
+}
+
+/* The outcome in the trace, the hidden token out of the answer and the message. */
+static void trace_outcome(const cms_transfer *t, int ret)
+{
+    cms_response r = *t->resp;
+    cms_error e = *t->err;
+    cms_buf b;
+    int hidden;
+
+    cms_buf_init(&b);
+    hidden = hide_token(t->cfg, r.body.data, r.body.len, &b);
+    if (hidden > 0)
+        r.body = b;
+    if (t->cfg->hide && t->cfg->hide->value)
+        cms_error_scrub(&e, t->cfg->hide->value, t->cfg->hide->len);
+    if (hidden >= 0)
+        cms_trace_outcome(stderr, cms_trace_id(t->h), &r, ret, &e);
+    cms_buf_free(&b);
+}
+
+/* Client certificate, pinned key, lowest TLS version; the trace. */
+static CURLcode set_tls_options(CURL *h, const cms_transfer_config *cfg)
+{
+    CURLcode rc = CURLE_OK;
+
+#define SET(opt, val) \
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val); } while (0)
+    SET(CURLOPT_SSLVERSION, cfg->tls_min ? cfg->tls_min : (long)CURL_SSLVERSION_TLSv1_2);
+    if (cfg->sslcert)
+        SET(CURLOPT_SSLCERT, cfg->sslcert);
+    if (cfg->sslkey)
+        SET(CURLOPT_SSLKEY, cfg->sslkey);
+    /* always a password with a certificate: without one, OpenSSL would ask
+       for an encrypted key's on the terminal (and wait) */
+    if (cfg->sslcert)
+        SET(CURLOPT_KEYPASSWD, cfg->key_password ? cfg->key_password : "");
+    if (cfg->pinnedpubkey)
+        SET(CURLOPT_PINNEDPUBLICKEY, cfg->pinnedpubkey);
+    if (cfg->debug) {
+        SET(CURLOPT_DEBUGFUNCTION, on_debug);
+        SET(CURLOPT_DEBUGDATA, (void *)cfg); /* the token to hide */
+        SET(CURLOPT_VERBOSE, 1L);
+    }
+#undef SET
+    return rc;
+}
+
 static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char *url,
                             struct curl_slist *headers, const char *body,
                             size_t body_len, transfer_ctx *ctx)
@@ -463,6 +557,8 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_CAINFO, cfg->cafile);
     if (cfg->capath)
         SET(CURLOPT_CAPATH, cfg->capath);
+    if (rc == CURLE_OK)
+        rc = set_tls_options(h, cfg);
     if (cfg->proxy)
         SET(CURLOPT_PROXY, cfg->proxy);
     if (cfg->user_agent)
@@ -520,11 +616,40 @@ static cms_error_kind answer_error_kind(CURL *h, CURLcode rc)
     return cms_curl_error_kind(rc);
 }
 
+/* What a TLS failure most likely means, in the options' words. */
+static const char *tls_hint(const char *what)
+{
+    static const char *const hints[][2] = {
+        {"local issuer", "is cafile the CA that signed the CMS certificate?"},
+        {"self-signed", "is cafile the CA that signed the CMS certificate?"},
+        {"self signed", "is cafile the CA that signed the CMS certificate?"},
+        {"has expired", "the CMS certificate has expired, or this machine's clock is wrong"},
+        {"not yet valid", "the CMS certificate is not valid yet, or this machine's clock is wrong"},
+        {"target host name", "the CMS certificate does not name the host of base_url"},
+        {"subject name matches", "the CMS certificate does not name the host of base_url"},
+        {"certificate required", "the CMS asks for a client certificate: set sslcert"},
+        {"alert unknown ca", "the CMS does not trust the client certificate (sslcert)"},
+        {"alert bad certificate", "the CMS refused the client certificate (sslcert)"},
+        {"protocol version", "no TLS version in common: tls_min may be above what the CMS speaks"},
+        {"unsupported protocol", "no TLS version in common: tls_min may be above what the CMS speaks"},
+        {"pinned", "the CMS public key is not one of pinnedpubkey"},
+        {"client certificate", "check sslcert, sslkey and sslkey_password"},
+        {"private key", "check sslcert, sslkey and sslkey_password"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof hints / sizeof hints[0]; i++)
+        if (strstr(what, hints[i][0]))
+            return hints[i][1];
+    return NULL;
+}
+
 static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char *url,
                            cms_error *err)
 {
-    cms_error_kind kind = answer_error_kind(h, rc);
+    cms_error_kind kind = cms_tls_alert(rc, errbuf) ? CMS_E_TLS : answer_error_kind(h, rc);
     const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+    const char *hint = kind == CMS_E_TLS ? tls_hint(what) : NULL;
 
     if (kind == CMS_E_PROTOCOL && rc == CURLE_UNSUPPORTED_PROTOCOL)
         cms_error_set(err, kind, "the server at %s did not answer HTTP (no status line): %s",
@@ -535,11 +660,11 @@ static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char 
     else if (kind == CMS_E_INVALID)
         cms_error_field(err, "base_url", "the URL cannot be used: %s", what);
     else
-        cms_error_set(err, kind, "%s %s failed: %s",
+        cms_error_set(err, kind, "%s %s failed: %s%s%s%s",
                       kind == CMS_E_TLS ? "the TLS connection to" : "the request to",
-                      url, what);
+                      url, what, hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
     err->curl_code = (int)rc;
-    err->retryable = is_retryable_network(rc);
+    err->retryable = kind != CMS_E_TLS && is_retryable_network(rc);
     return -1;
 }
 
@@ -561,13 +686,16 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     drop_unclean_connections(h, cfg);
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, t);
-    if (rc == CURLE_OK)
+    if (rc == CURLE_OK) {
+        if (cfg->debug)
+            cms_trace_request(stderr, cms_trace_id(h), url);
         return 0;
+    }
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
     return transport_error(h, rc, t->errbuf, url, err);
 }
 
-int cms_transfer_finish(cms_transfer *t, CURLcode rc)
+static int outcome(cms_transfer *t, CURLcode rc)
 {
     cms_response *resp = t->resp;
 
@@ -590,6 +718,15 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
     if (t->route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(t) != 0)
         return -1;
     return 0;
+}
+
+int cms_transfer_finish(cms_transfer *t, CURLcode rc)
+{
+    int ret = outcome(t, rc);
+
+    if (t->cfg->debug)
+        trace_outcome(t, ret);
+    return ret;
 }
 
 CURLcode cms_transfer_run(cms_transfer *t, CURLM *m)
