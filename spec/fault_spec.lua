@@ -209,7 +209,7 @@ describe("fault suite", function()
   end)
 
   it("an answer only after the timeout (delay-MS-N): timeout", function()
-    fails{ id = "delay-1500-5000", config = { timeout = 0.8 }, ways = { "prior", "memory" },
+    fails{ id = "delay-2500-5000", config = { timeout = 1 }, ways = { "prior", "memory" },
            kind = "timeout", curl_code = 28, retryable = true, stall = true }
   end)
 
@@ -234,9 +234,21 @@ describe("fault suite", function()
 
   -- ===== body length =====
 
+  -- The excess comes in the same TLS record as the body's end: OpenSSL holds it,
+  -- where the idle-socket check cannot see it.
   it("a body longer than Content-Length: the announced bytes, the excess never reused", function()
     local want = mock.expect("wav-5000")
     succeeds{ id = "fault-long-5000", sha256 = want.sha256, bytes = 5000 }
+    -- the same on download_many's connections, one after the other
+    local c = client()
+    local r = c:download_many({ { callID = "fault-long-5000" }, { callID = "wav-5001" },
+                                { callID = "fault-long-5000" }, { callID = "wav-5002" } },
+                              { concurrency = 1 })
+    c:close()
+    assert.equal(4, r.ok)
+    for i, id in ipairs{ "wav-5000", "wav-5001", "wav-5000", "wav-5002" } do
+      assert.equal(mock.expect(id).sha256, H.sha256(r[i].data), "result " .. i)
+    end
   end)
 
   it("a body shorter than Content-Length (closed cleanly)", function()

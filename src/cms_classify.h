@@ -1,7 +1,7 @@
 /*
  * cms_classify: what came back, decided by bytes and status, never by the
  * Content-Type (CMS servers send JSON errors with HTTP 200 and arbitrary
- * content types).
+ * content types), which only makes an unknown body labelled JSON an answer.
  *
  *   cms_sniff()           first bytes -> WAV, ZIP, JSON result, unknown
  *   cms_classify_status() non-2xx status -> auth / http error, retryable
