@@ -30,6 +30,7 @@
 #include "src/cms_error.h"
 #include "src/cms_job.h"
 #include "src/cms_request.h"
+#include "src/cms_secret.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
 #include "src/cms_text.h"
@@ -64,8 +65,8 @@ typedef struct client {
     char *path;         /* the path exactly as sent and signed */
     char *host;         /* the Host header, the authority as written */
     char *ak;
-    unsigned char *sk;  /* wiped with OPENSSL_cleanse on close */
-    size_t sk_len;
+    cms_secret sk;      /* in pages of its own, wiped on close (cms_secret.h) */
+    cms_secret key_password; /* sslkey_password, likewise; tc.key_password points here */
     cms_transfer_config tc; /* its strings are owned here */
     long long max_size; /* in-memory downloads */
     int retries;        /* retries of a failed attempt, by default */
@@ -98,12 +99,9 @@ static void client_release(lua_State *L, client *c)
         curl_share_cleanup(c->tc.share);
     c->tc.share = NULL;
     cms_conn_set_free(&c->conns);
-    if (c->sk) {
-        OPENSSL_cleanse(c->sk, c->sk_len);
-        free(c->sk);
-        c->sk = NULL;
-        c->sk_len = 0;
-    }
+    cms_secret_free(&c->sk);
+    cms_secret_free(&c->key_password);
+    c->tc.key_password = NULL;
     free_str(&c->url);
     free_str(&c->path);
     free_str(&c->host);
@@ -112,6 +110,9 @@ static void client_release(lua_State *L, client *c)
     free_str((char **)&c->tc.capath);
     free_str((char **)&c->tc.proxy);
     free_str((char **)&c->tc.user_agent);
+    free_str((char **)&c->tc.sslcert);
+    free_str((char **)&c->tc.sslkey);
+    free_str((char **)&c->tc.pinnedpubkey);
     c->closed = 1;
 }
 
@@ -222,7 +223,7 @@ static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
     "authorization", "allow_http", "max_size", "stall_timeout", "reuse", "retries",
-    "max_rate",
+    "max_rate", "sslcert", "sslkey", "sslkey_password", "pinnedpubkey", "tls_min",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -470,8 +471,94 @@ static void config_credentials(lua_State *L, int idx, client *c)
     if (strlen(ak) != ak_len || strchr(ak, '/'))
         luaL_error(L, "cmsrec.new: option 'ak' must not contain '/' or NUL bytes");
     c->ak = dup_or_raise(L, ak, ak_len);
-    c->sk = (unsigned char *)dup_or_raise(L, sk, sk_len);
-    c->sk_len = sk_len;
+    if (cms_secret_set(&c->sk, sk, sk_len) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for the SK: %s", strerror(errno));
+}
+
+/* A file option: a readable file, or raise naming the option (a typo in a
+   path is a configuration error, found at new rather than at the first call). */
+static char *config_file(lua_State *L, int idx, const char *key)
+{
+    char *path = dup_opt(L, idx, key);
+    struct stat st;
+    const char *why = NULL;
+
+    if (path && (access(path, R_OK) != 0 || stat(path, &st) != 0))
+        why = strerror(errno);
+    else if (path && S_ISDIR(st.st_mode))
+        why = "it is a directory";
+    if (why) {
+        lua_pushfstring(L, "cmsrec.new: option '%s': cannot read '%s': %s", key, path, why);
+        free(path);
+        lua_error(L);
+    }
+    return path;
+}
+
+/* "sha256//<44 base64 characters>" entries, ';' between them, or a file. */
+static int pin_hashes_valid(const char *s)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n;
+
+    for (;;) {
+        if (strncmp(s, "sha256//", 8) != 0)
+            return 0;
+        s += 8;
+        n = strspn(s, b64);
+        if (n != 43 || s[n] != '=')
+            return 0;
+        s += n + 1;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != ';')
+            return 0;
+    }
+}
+
+static void config_pin(lua_State *L, int idx, client *c)
+{
+    const char *pin = opt_cstring(L, idx, "cmsrec.new", "pinnedpubkey");
+
+    if (pin && strncmp(pin, "sha256//", 8) == 0) {
+        if (!pin_hashes_valid(pin))
+            luaL_error(L, "cmsrec.new: option 'pinnedpubkey' must be \"sha256//<base64 of "
+                          "the SHA-256 of the public key>\" (44 characters), several joined "
+                          "with ';', or the path of a PEM or DER public key file");
+        c->tc.pinnedpubkey = dup_or_raise(L, pin, strlen(pin));
+    } else if (pin) {
+        c->tc.pinnedpubkey = config_file(L, idx, "pinnedpubkey");
+    }
+}
+
+/* sslcert, sslkey, sslkey_password, pinnedpubkey, tls_min. */
+static void config_tls(lua_State *L, int idx, client *c)
+{
+    size_t n = 0;
+    const char *v = opt_cstring(L, idx, "cmsrec.new", "tls_min");
+    const char *password = opt_string(L, idx, "cmsrec.new", "sslkey_password", &n);
+
+    if (v && strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0)
+        luaL_error(L, "cmsrec.new: option 'tls_min' must be \"1.2\" (the default) or "
+                      "\"1.3\"");
+    c->tc.tls_min = v && strcmp(v, "1.3") == 0 ? (long)CURL_SSLVERSION_TLSv1_3
+                                               : (long)CURL_SSLVERSION_TLSv1_2;
+    c->tc.sslcert = config_file(L, idx, "sslcert");
+    c->tc.sslkey = config_file(L, idx, "sslkey");
+    if (c->tc.sslkey && !c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey' needs 'sslcert' (the certificate of "
+                      "that key)");
+    config_pin(L, idx, c);
+    if (!password)
+        return;
+    if (!c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' needs 'sslcert' (and 'sslkey')");
+    if (strlen(password) != n)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' must not contain NUL bytes");
+    if (cms_secret_set(&c->key_password, password, n) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for 'sslkey_password': %s",
+                   strerror(errno));
+    c->tc.key_password = (const char *)c->key_password.data;
 }
 
 /* stall_timeout: seconds, default CMSREC_DEFAULT_STALL_S; false turns it off. */
@@ -486,6 +573,14 @@ static long config_stall_timeout(lua_State *L, int idx)
     if (t == LUA_TNIL)
         return CMSREC_DEFAULT_STALL_S;
     return (opt_seconds(L, idx, "cmsrec.new", "stall_timeout") + 999) / 1000;
+}
+
+/* CMSREC_DEBUG, read once per client: set and not "0". */
+static int config_debug(void)
+{
+    const char *v = getenv("CMSREC_DEBUG");
+
+    return v && *v && strcmp(v, "0") != 0;
 }
 
 static int l_new(lua_State *L)
@@ -543,6 +638,8 @@ static int l_new(lua_State *L)
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
                                         strlen("cmsrec/" CMSREC_VERSION));
+    config_tls(L, 1, c);
+    c->tc.debug = config_debug();
     config_credentials(L, 1, c); /* last: no later check can leave an SK copy behind */
 
     c->tc.conns = &c->conns;
@@ -762,8 +859,8 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
     memset(&in, 0, sizeof in);
     in.ak = c->ak;
-    in.sk = c->sk;
-    in.sk_len = c->sk_len;
+    in.sk = c->sk.data;
+    in.sk_len = c->sk.len;
     in.method = "POST";
     in.path = c->path;
     in.headers = h;

@@ -13,6 +13,23 @@ line per request to DIR/server.log and exits on SIGTERM/SIGINT or after
 --max-lifetime seconds (default 600). --self-test checks the auth-v2 signer
 against vectors V1-V3 of cms-protocol.md and exits.
 
+TLS fault ports (same handler and API as https_port), also in ready.json:
+  expired_port      a certificate of the mock CA that expired a year ago
+  notyet_port       a certificate of the mock CA valid only from a year from now
+  mtls_port         asks for a client certificate signed by the mock CA (TLS 1.3):
+                    DIR/client.pem + DIR/client.key is one; DIR/other-client.pem +
+                    DIR/other-client.key is signed by the unrelated CA (refused)
+  tls11_port        speaks only TLS 1.0 and 1.1 (@SECLEVEL=0); null when this
+                    Python/OpenSSL cannot (tls11_error then says why)
+  tls12_port        speaks only TLS 1.2
+  tls_switch_port   serves what /_mock/tls?mode=MODE last chose, for each new
+                    connection (reset leaves it): good (as https_port), expired,
+                    notyet, otherca (a certificate of other-ca.pem), wrongname, mtls,
+                    tls12 (and tls11 when available). So one client can meet a TLS
+                    failure and then a good server on the same base_url.
+The certificates of these ports have the server's key (DIR/server.key), so one
+pinnedpubkey matches all but otherca's (DIR/otherca.key).
+
 API: POST <any prefix>/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile,
 auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
 
@@ -182,6 +199,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from functools import lru_cache
@@ -1081,6 +1099,8 @@ class Handler(FaultMixin, BaseHTTPRequestHandler):
             return self._reply(405, {"error": "method not allowed"}, headers={"Allow": "GET"})
         if path == "/_mock/stats":
             return self._reply(200, state.snapshot())
+        if path == "/_mock/tls":  # the TLS fault ports (see tls_control)
+            return tls_control(self, state)
         if path == "/_mock/reset":
             state.reset()
             return self._reply(200, {"ok": True})
@@ -1356,6 +1376,182 @@ def make_certs(d):
         os.remove(p(name))
 
 
+# ---------------------------------------------------------------- TLS fault ports
+# Certificates outside their validity, a port asking for a client certificate,
+# old and capped TLS versions, and one port whose behaviour the specs switch
+# (see the module docstring). Kept apart from the rest of the mock.
+
+TLS_EXT_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = cmsrec mock
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+[v3_client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+"""
+
+# `openssl ca` is the openssl 3.0 command that sets both ends of the validity
+# (x509 -req only counts days from now).
+TLS_CA_CNF = """\
+[ca]
+default_ca = mock
+[mock]
+database = {d}/tls-index.txt
+new_certs_dir = {d}/tls-newcerts
+default_md = sha256
+policy = any
+unique_subject = no
+rand_serial = yes
+[any]
+commonName = supplied
+"""
+
+TLS_MODES = ("good", "expired", "notyet", "otherca", "wrongname", "mtls", "tls12", "tls11")
+
+
+def make_tls_certs(d):
+    def p(name):
+        return os.path.join(d, name)
+
+    def run(*args):
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"mock_cms: openssl {args[0]} failed: {proc.stderr.strip()}")
+
+    def asn1(t):
+        return t.strftime("%Y%m%d%H%M%SZ")
+
+    with open(p("tls-ext.cnf"), "w") as f:
+        f.write(TLS_EXT_CNF)
+    with open(p("tls-ca.cnf"), "w") as f:
+        f.write(TLS_CA_CNF.format(d=d))
+    open(p("tls-index.txt"), "w").close()
+    os.makedirs(p("tls-newcerts"), exist_ok=True)
+    for name in ("client", "other-client", "otherca"):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-out", p(name + ".key"))
+    run("req", "-new", "-config", p("tls-ext.cnf"), "-key", p("server.key"),
+        "-subj", "/CN=localhost", "-out", p("tls-server.csr"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    year = datetime.timedelta(days=365)
+    for name, start, end in (("expired", now - 2 * year, now - year),
+                             ("notyet", now + year, now + 2 * year)):
+        run("ca", "-batch", "-config", p("tls-ca.cnf"), "-cert", p("ca.pem"),
+            "-keyfile", p("ca.key"), "-in", p("tls-server.csr"), "-notext",
+            "-startdate", asn1(start), "-enddate", asn1(end),
+            "-extfile", p("tls-ext.cnf"), "-extensions", "v3_server", "-out", p(name + ".pem"))
+    for name, ca, cn, ext in (("client", "ca", "cmsrec client", "v3_client"),
+                              ("other-client", "other-ca", "cmsrec stranger", "v3_client"),
+                              ("otherca", "other-ca", "localhost", "v3_server")):
+        run("req", "-new", "-config", p("tls-ext.cnf"), "-key", p(name + ".key"),
+            "-subj", "/CN=" + cn, "-out", p(name + ".csr"))
+        run("x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"),
+            "-CAkey", p(ca + ".key"), "-set_serial", str(secrets.randbits(100)),
+            "-days", "825", "-sha256", "-extfile", p("tls-ext.cnf"), "-extensions", ext,
+            "-out", p(name + ".pem"))
+        os.remove(p(name + ".csr"))
+    for name in os.listdir(d):  # openssl ca's database and copies
+        if name.startswith("tls-") and name != "tls-newcerts":
+            os.remove(p(name))
+    for name in os.listdir(p("tls-newcerts")):
+        os.remove(os.path.join(p("tls-newcerts"), name))
+    os.rmdir(p("tls-newcerts"))
+
+
+def tls_contexts(d, good, wrong):
+    """mode -> server SSLContext; and why TLS 1.1 is missing, or None."""
+    def server_ctx(cert, key="server.key"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(d, cert), os.path.join(d, key))
+        return ctx
+
+    ctxs = {"good": good, "wrongname": wrong, "expired": server_ctx("expired.pem"),
+            "notyet": server_ctx("notyet.pem"),
+            "otherca": server_ctx("otherca.pem", "otherca.key")}
+    mtls = ctxs["mtls"] = server_ctx("server.pem")
+    mtls.verify_mode = ssl.CERT_REQUIRED
+    mtls.load_verify_locations(os.path.join(d, "ca.pem"))
+    tls12 = ctxs["tls12"] = server_ctx("server.pem")
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with warnings.catch_warnings():  # TLSv1/TLSv1_1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = server_ctx("server.pem")
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctxs["tls11"] = old
+        return ctxs, None
+    except (ssl.SSLError, ValueError, AttributeError) as exc:
+        return ctxs, f"{type(exc).__name__}: {exc}"
+
+
+TLS_LINGER = 0.3  # seconds a refused handshake keeps its connection open
+
+
+class TlsHandler(Handler):
+    """Handler of the TLS fault ports. A refused handshake (a missing or unknown
+    client certificate, which TLS 1.3 refuses only after the client's Finished)
+    keeps the connection a moment before closing it, as a server that reads the
+    request first: the client reads the alert, rather than a reset from a close
+    with its request unread (a race the client cannot tell from a network fault)."""
+
+    def setup(self):
+        try:
+            super().setup()
+        except ssl.SSLError:
+            time.sleep(TLS_LINGER)
+            raise
+
+
+class TlsSwitchServer(MockServer):
+    """HTTPS with the context of state.tls_mode, chosen for each new connection."""
+
+    def __init__(self, state, contexts):
+        self.contexts = contexts
+        super().__init__(state, "https", contexts["good"])
+
+    def get_request(self):
+        self.ssl_ctx = self.contexts[self.state.tls_mode]  # one accept at a time
+        return super().get_request()
+
+
+def tls_fault_servers(state, d, good, wrong):
+    """The TLS fault servers, and their ports for ready.json."""
+    ctxs, tls11_error = tls_contexts(d, good, wrong)
+    state.tls_mode, state.tls_modes = "good", [m for m in TLS_MODES if m in ctxs]
+    named = {name: MockServer(state, "https", ctxs[mode]) for name, mode in
+             (("expired_port", "expired"), ("notyet_port", "notyet"), ("mtls_port", "mtls"),
+              ("tls12_port", "tls12"), ("tls11_port", "tls11")) if mode in ctxs}
+    named["tls_switch_port"] = TlsSwitchServer(state, ctxs)
+    for srv in named.values():
+        srv.RequestHandlerClass = TlsHandler
+    info = {name: srv.server_address[1] for name, srv in named.items()}
+    info.setdefault("tls11_port", None)
+    info["tls11_error"] = tls11_error
+    return list(named.values()), info
+
+
+def tls_control(handler, state):
+    """/_mock/tls?mode=MODE: what tls_switch_port serves from now on."""
+    query = parse_qs(handler.target.partition("?")[2], keep_blank_values=True)
+    mode = query.get("mode", [None])[-1]
+    if mode is not None:
+        if mode not in state.tls_modes:
+            return handler._reply(400, {"error": "mode: one of " + ", ".join(state.tls_modes)})
+        with state.lock:
+            state.tls_mode = mode
+    return handler._reply(200, {"mode": state.tls_mode, "modes": state.tls_modes})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Mock Huawei CC-CMS recording download server")
     ap.add_argument("--state-dir")
@@ -1378,6 +1574,7 @@ def main(argv=None):
     if os.path.exists(ready):
         os.remove(ready)  # stale file from an earlier run
     make_certs(d)
+    make_tls_certs(d)
 
     state = State(args.ak, args.sk, os.path.join(d, "server.log"))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1387,6 +1584,8 @@ def main(argv=None):
     servers = [MockServer(state, "https", ctx, main=True), MockServer(state, "http"),
                MockServer(state, "https", wrong)]
     state.https_port = servers[0].server_address[1]
+    tls_servers, tls_info = tls_fault_servers(state, d, ctx, wrong)
+    servers += tls_servers
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
@@ -1398,7 +1597,7 @@ def main(argv=None):
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
             "blackhole_port": hole.getsockname()[1],
-            "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
+            "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem"), **tls_info}
     info.update(fault_ports.ports())
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)

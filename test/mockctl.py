@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Query a running mock CMS (test/mock_cms.py) over its plain-HTTP control port.
 
-usage: mockctl.py STATE_DIR stats|reset|expect CALLID|set NAME VALUE
+usage: mockctl.py STATE_DIR stats|reset|expect CALLID|set NAME VALUE|tls [MODE]
   stats           the counters (/_mock/stats)
   reset           clear them, settings back to their defaults (/_mock/reset)
   expect CALLID   size and sha256 of the success body of CALLID (/_mock/expect)
   set NAME VALUE  change a setting, e.g. `set latency_ms 20` (/_mock/set)
+  tls [MODE]      what tls_switch_port serves, e.g. `tls expired` (/_mock/tls)
 Prints the JSON answer. Used by the specs, which have no HTTP client of their own.
 An error answer goes to stderr, and the exit status is 1.
 """
@@ -25,6 +26,8 @@ def main():
         path = "/_mock/expect?callID=" + urllib.parse.quote(sys.argv[3])
     if cmd == "set":
         path = "/_mock/set?" + urllib.parse.urlencode({sys.argv[3]: sys.argv[4]})
+    if cmd == "tls":
+        path = "/_mock/tls" + ("?mode=" + urllib.parse.quote(sys.argv[3]) if len(sys.argv) > 3 else "")
     if path is None:
         sys.exit(__doc__.split("\n\n")[1])
     try:
