@@ -3101,7 +3101,7 @@ static int l_classify(lua_State *L)
             return 1;
         }
         fmt = cms_sniff((const unsigned char *)body, len);
-        if (len > 0 && fmt != CMS_FMT_JSON && fmt != CMS_FMT_TEXT) {
+        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type)) {
             scratch_release(L, 5);
             lua_pushstring(L, cms_format_name(fmt));
             return 1;

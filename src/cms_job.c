@@ -42,10 +42,15 @@ int cms_classify_answer(const cms_response *r, cms_json_fn json, void *ud, cms_e
                       "recording: %s", r->status, *excerpt ? excerpt : "(blank)");
     } else if (decoded) {
         cms_classify_result(r->status, *f.code ? f.code : NULL, *f.desc ? f.desc : NULL, err);
+    } else if (r->truncated) {
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with JSON over %d KiB, "
+                      "too large for a CMS result: not decoded", r->status,
+                      CMS_ERROR_BODY_MAX / 1024);
     } else {
-        cms_error_set(err, CMS_E_PROTOCOL,
-                      "the CMS answered a body that starts like JSON but is not a "
-                      "JSON object (%zu bytes%s)", r->body.len, r->truncated ? " or more" : "");
+        char excerpt[160];
+        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with JSON that is not "
+                      "a JSON object (%zu bytes): %s", r->status, r->body.len, excerpt);
     }
     err->status = r->status;
     err->retry_after = r->retry_after; /* flow control may say when, even at HTTP 200 */

@@ -143,6 +143,11 @@ typedef struct cms_transfer {
     int failed;         /* the sink or progress set err and aborted */
     int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
     int stray;          /* a reused connection held an unrequested answer: not sent */
+    int headers_done;   /* the blank line that ends the answer's headers came */
+    long long length;   /* Content-Length of the answer (any status), -1 if unknown */
+    long long seen;     /* body bytes libcurl handed over */
+    curl_socket_t sock; /* this transfer's socket, when known (see on_prereq) */
+    char content_length[24]; /* the answer's Content-Length header, as sent */
     struct timespec last_progress;
     char errbuf[CURL_ERROR_SIZE];
 } cms_transfer;

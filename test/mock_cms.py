@@ -105,6 +105,46 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                       slow  sleep 10 s, then wav-N (meant for a client timeout below 10 s)
                     /_mock/expect gives the size and sha256 of wav-N
   delay-MS-N        wav-N (44 <= N <= 2**32) after MS (<= 30000) ms, on top of latency_ms
+  ---- fault suite (spec/fault_spec.lua): raw HTTP, written byte by byte ----
+  fault-nostatus    the request is read, then the connection is cut: no byte of an answer
+  fault-midheaders  half a header block ("HTTP/1.1 200 OK" CR LF "Content-Ty"), then cut
+  fault-midchunk-N  chunked wav-N: the first chunk (16 KiB) announced, half of it sent, cut
+  fault-long-N      wav-N with Content-Length N, followed in the same write by 64 bytes
+                    that no request asked for (a bogus response start); kept alive
+  fault-short-N     Content-Length N, N//2 bytes, then a clean close (TLS close_notify)
+  fault-badhex-N    chunked wav-N whose second chunk size is "zz" (not hex)
+  fault-noend-N     chunked wav-N without the final 0 chunk, then a clean close
+  fault-chunklong-N chunked: a first chunk announced as 44 bytes carrying 100 bytes of wav-N
+  fault-hugejson-C  status C (200 or 500), a 5 MiB JSON object with resultCode "1"
+                    (Content-Length set)
+  fault-jsonstring  200 application/json, the body a JSON string
+  fault-jsonnumber  200 application/json, the body the JSON number 1
+  fault-http10-N    "HTTP/1.0 200 OK", no Content-Length, wav-N, then a clean close
+  fault-http10cut-N as fault-http10-N, but only N//2 bytes before the clean close
+  fault-http10drop-N as fault-http10cut-N, but an abrupt close (no TLS close_notify)
+  fault-continue-N  "HTTP/1.1 100 Continue" before the 200 answer of wav-N
+  fault-early-N     "HTTP/1.1 103 Early Hints" with a Link header before the 200 of wav-N
+  fault-dupcl-N     wav-N with two Content-Length headers, N+10 then N-10 (whichever a
+                    client believes, it is wrong), then a clean close
+  fault-clist-N     wav-N with one header "Content-Length: N-10, N", then a clean close
+  fault-dupct-N     wav-N with two Content-Type headers (text/plain, then octet-stream)
+  fault-manyheaders the notfound answer after 3000 X-Many-i headers (about 100 KB)
+  fault-redirect-C  status C (301, 302, 303, 307 or 308) with Location: the API path on this
+                    server with ?redirected=1 (a followed redirect would count as a request)
+  fault-badstatus   "HTTP/1.1 2x0 Banana" as status line, then the notfound answer
+  fault-garbage     "SSH-2.0-OpenSSH_9.2" CR LF and other non-HTTP bytes, then close
+  Raw TCP ports, in ready.json, that fail before any HTTP while armed and otherwise
+  forward every connection to the HTTPS port (so one client can fail, then succeed):
+    refused_port    armed from the start: a bound socket that does not listen (connection
+                    refused); disarmed, it listens (for good: it cannot be armed again)
+    hang_port       accepts, then never reads nor writes: a TLS handshake that stalls
+    cut_port        accepts, then closes at once: not one byte is received
+    halfhello_port  reads the ClientHello, sends the first 10 bytes of a TLS record that
+                    announces 64, then closes: a handshake cut in the middle
+  GET /_mock/fault?NAME=K (NAME: refused, hang, cut, halfhello) arms NAME for its next K
+  connections (0 disarms; refused: K > 0 refuses, 0 listens); answers the armed counts.
+  /_mock/reset does not touch them; forwarded connections count as HTTPS connections.
+  ---- end of fault suite modes ----
   anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
@@ -963,7 +1003,306 @@ class MockServer(ThreadingHTTPServer):
                        f"error: {type(exc).__name__}: {exc}")
 
 
-class Handler(StrictChecks, BaseHTTPRequestHandler):
+# ---------------------------------------------------------------- fault suite modes
+# Answers for spec/fault_spec.lua (see "fault suite" in the docstring): malformed
+# HTTP written as raw bytes on the connection, and raw TCP ports that fail before
+# any HTTP. Kept in this block so that other additions to the mock merge cleanly.
+
+FAULT_RE = re.compile(r"fault-([a-z0-9]+)(?:-(\d+))?", re.ASCII)
+FAULT_HUGE = 5 << 20       # bytes of the fault-hugejson-C body
+FAULT_MANY = 3000          # headers of fault-manyheaders
+
+
+def fault_hugejson():
+    head = b'{"resultCode":"1","resultDesc":"Record List is empty","resultData":"'
+    return head + b"x" * (FAULT_HUGE - len(head) - 2) + b'"}'
+
+
+class FaultMixin:
+    """Handler methods of the fault-* modes."""
+
+    def _fault(self, cid):
+        m = FAULT_RE.fullmatch(cid)
+        name, n = (m.group(1), int(m.group(2) or 0)) if m else ("", 0)
+        sized = ("midchunk", "long", "short", "badhex", "noend", "chunklong", "http10",
+                 "http10cut", "http10drop", "continue", "early", "dupcl", "clist", "dupct")
+        if name in sized and not 44 <= n <= MAX_SMALL:
+            return self._reply(*FIXED["notfound"])
+        self._note = f" (fault: {name})"
+        how = getattr(self, "_fault_" + name, None)
+        if how is None or (name == "hugejson" and n not in (200, 500)) \
+                or (name == "redirect" and n not in (301, 302, 303, 307, 308)):
+            return self._reply(*FIXED["notfound"])
+        try:
+            return how(n)
+        except OSError as exc:  # the client hung up: expected for most of these
+            self.close_connection = True
+            self._note += f" (client hung up: {type(exc).__name__})"
+            return None
+
+    def _raw(self, data):
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _clean_close(self):
+        """End the connection as a server that means to: TLS close_notify, then FIN."""
+        self.close_connection = True
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(2)
+            try:
+                self.connection.unwrap()
+            except (OSError, ValueError):
+                pass
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _head(self, status_line, headers):
+        self._status = int(status_line.split()[1]) if status_line.split()[1].isdigit() else "-"
+        lines = [status_line] + [f"{k}: {v}" for k, v in headers]
+        self._raw(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _fault_nostatus(self, n):
+        return self._abort()
+
+    def _fault_midheaders(self, n):
+        self._raw(b"HTTP/1.1 200 OK\r\nContent-Ty")
+        time.sleep(0.1)
+        return self._abort()
+
+    def _fault_midchunk(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Transfer-Encoding", "chunked")])
+        data = wav_bytes(n)[:CHUNK]
+        self._raw(b"%x\r\n" % CHUNK + data[:len(data) // 2])
+        time.sleep(0.1)
+        return self._abort()
+
+    def _fault_long(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        extra = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nNOT-YOUR-ANSWER-...."
+        self._raw(wav_bytes(n) + extra + b"." * (64 - len(extra)))
+
+    def _fault_short(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        self._raw(wav_bytes(n)[:n // 2])
+        return self._clean_close()
+
+    def _chunked_head(self):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Transfer-Encoding", "chunked")])
+
+    def _fault_badhex(self, n):
+        self._chunked_head()
+        data = wav_bytes(n)
+        self._raw(b"%x\r\n%s\r\nzz\r\n%s\r\n0\r\n\r\n" % (n // 2, data[:n // 2], data[n // 2:]))
+
+    def _fault_noend(self, n):
+        self._chunked_head()
+        data = wav_bytes(n)
+        for i in range(0, n, CHUNK):
+            piece = data[i:i + CHUNK]
+            self._raw(b"%x\r\n%s\r\n" % (len(piece), piece))
+        return self._clean_close()
+
+    def _fault_chunklong(self, n):
+        self._chunked_head()
+        self._raw(b"2c\r\n%s\r\n0\r\n\r\n" % wav_bytes(n)[:100])
+
+    def _fault_hugejson(self, code):
+        body = fault_hugejson()
+        self._head(f"HTTP/1.1 {code} {'OK' if code == 200 else 'Internal Server Error'}",
+                   [("Content-Type", JSON_CT), ("Content-Length", len(body))])
+        for i in range(0, len(body), BLOCK):
+            self.wfile.write(body[i:i + BLOCK])
+        self.wfile.flush()
+
+    def _fault_jsonstring(self, n):
+        self._reply(200, b'"Record List is empty"', JSON_CT)
+
+    def _fault_jsonnumber(self, n):
+        self._reply(200, b"1", JSON_CT)
+
+    def _http10(self, n, cut, clean):
+        self._head("HTTP/1.0 200 OK", [("Content-Type", "application/octet-stream")])
+        data = wav_bytes(n)
+        self._raw(data[:n // 2] if cut else data)
+        return self._clean_close() if clean else self._abort()
+
+    def _fault_http10(self, n):
+        return self._http10(n, False, True)
+
+    def _fault_http10cut(self, n):
+        return self._http10(n, True, True)
+
+    def _fault_http10drop(self, n):
+        return self._http10(n, True, False)
+
+    def _fault_continue(self, n):
+        self._raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._stream(n, "application/octet-stream", wav_pieces(n))
+
+    def _fault_early(self, n):
+        self._raw(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        self._stream(n, "application/octet-stream", wav_pieces(n))
+
+    def _fault_dupcl(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n + 10), ("Content-Length", n - 10)])
+        self._raw(wav_bytes(n))
+        return self._clean_close()
+
+    def _fault_clist(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", f"{n - 10}, {n}")])
+        self._raw(wav_bytes(n))
+        return self._clean_close()
+
+    def _fault_redirect(self, code):
+        where = f"https://127.0.0.1:{self.server.state.https_port}{API_SUFFIX}?redirected=1"
+        self._reply(code, {"error": f"mock {code}"}, headers={"Location": where})
+
+    def _fault_control(self):
+        """GET /_mock/fault?NAME=K: arm the raw fault ports (see the docstring)."""
+        ports = self.server.fault_ports
+        query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+        for name, values in query.items():
+            if name not in ports.armed or not values[-1].isdigit():
+                return self._reply(400, {"error": f"want NAME=K, NAME in {sorted(ports.armed)}"})
+            ports.arm(name, int(values[-1]))
+        return self._reply(200, ports.counts())
+
+    def _fault_dupct(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "text/plain"),
+                                       ("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        self._raw(wav_bytes(n))
+
+    def _fault_manyheaders(self, n):
+        headers = [("Content-Type", "text/plain"), ("Content-Length", len(NOTFOUND))]
+        headers += [(f"X-Many-{i}", "v" * 24) for i in range(FAULT_MANY)]
+        self._head("HTTP/1.1 200 OK", headers)
+        self._raw(NOTFOUND)
+
+    def _fault_badstatus(self, n):
+        self._raw(b"HTTP/1.1 2x0 Banana\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(NOTFOUND), NOTFOUND))
+        return self._clean_close()
+
+    def _fault_garbage(self, n):
+        self._raw(b"SSH-2.0-OpenSSH_9.2\r\n\x00\x01\x02 not http at all\r\n")
+        return self._clean_close()
+
+
+def fault_pipe(src, dst):
+    """Copy src to dst until EOF or an error, then end dst's sending side."""
+    try:
+        while True:
+            data = src.recv(BLOCK)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class FaultPorts:
+    """The raw TCP ports of the fault suite: armed ones fail, others forward to
+    the HTTPS port."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.https_port = 0
+        self.armed = {"refused": 1, "hang": 0, "cut": 0, "halfhello": 0}
+        self.held = []   # hang's connections: open until exit
+        self.socks = {}
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))  # bound, not listening: connecting is refused
+        self.socks["refused"] = refused
+        for name in ("hang", "cut", "halfhello"):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            self.socks[name] = sock
+            self._serve(name)
+
+    def ports(self):
+        return {f"{name}_port": sock.getsockname()[1] for name, sock in self.socks.items()}
+
+    def counts(self):
+        with self.lock:
+            return dict(self.armed)
+
+    def arm(self, name, k):
+        with self.lock:
+            was, self.armed[name] = self.armed[name], k
+        if name == "refused" and was and not k:  # start listening (for good)
+            self.socks["refused"].listen(16)
+            self._serve("refused")
+
+    def close(self):
+        for sock in [*self.socks.values(), *self.held]:
+            sock.close()
+
+    def _serve(self, name):
+        sock = self.socks[name]
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return  # closed at exit
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with self.lock:
+                    fail = name != "refused" and self.armed[name] > 0
+                    if fail:
+                        self.armed[name] -= 1
+                how = getattr(self, "_" + name) if fail else self._forward
+                threading.Thread(target=how, args=(conn,), daemon=True).start()
+        threading.Thread(target=loop, daemon=True).start()
+
+    def _hang(self, conn):
+        with self.lock:
+            self.held.append(conn)
+
+    def _cut(self, conn):
+        conn.close()
+
+    def _halfhello(self, conn):
+        try:
+            conn.settimeout(5)
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c\x03")  # 10 of 69 bytes
+        except OSError:
+            pass
+        conn.close()
+
+    def _forward(self, conn):
+        try:
+            up = socket.create_connection(("127.0.0.1", self.https_port), timeout=5)
+            up.settimeout(None)
+        except OSError:
+            return conn.close()
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=fault_pipe, args=(up, conn), daemon=True)
+        back.start()
+        fault_pipe(conn, up)
+        back.join()
+        conn.close()
+        up.close()
+
+# ---------------------------------------------------------------- end of fault suite modes
+
+
+class Handler(StrictChecks, FaultMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockCMS/1.0"
     timeout = 60  # idle keep-alive / slow request bodies
@@ -1143,6 +1482,8 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
             return self._reply(200, state.settings())
         if path == "/_mock/strict":
             return self._reply(200, state.strict.details())
+        if path == "/_mock/fault":  # the fault suite's raw ports (FaultMixin)
+            return self._fault_control()
         if path == "/_mock/expect":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
             self._cid = query.get("callID", [""])[0]
@@ -1396,6 +1737,8 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
 
     def _answer(self, cid, path):
         kind, _, arg = cid.partition("-")
+        if kind == "fault":  # the fault suite's raw answers (FaultMixin)
+            return self._fault(cid)
         num = float(arg) if NUM_RE.fullmatch(arg) else None
         if cid in FIXED:
             return self._reply(*FIXED[cid])
@@ -1798,11 +2141,16 @@ def main(argv=None):
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
     hole, hole_fillers = blackhole()  # kept open until exit
+    fault_ports = FaultPorts()  # the fault suite's raw ports
+    fault_ports.https_port = state.https_port
+    for srv in servers:
+        srv.fault_ports = fault_ports
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
             "blackhole_port": hole.getsockname()[1],
             "waf_port": waf_server.server_address[1], "waf_name": WAF_NAME,
             "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem"), **tls_info}
+    info.update(fault_ports.ports())
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
     os.replace(ready + ".tmp", ready)
@@ -1813,6 +2161,7 @@ def main(argv=None):
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+    fault_ports.close()
     for sock in [hole, *hole_fillers]:
         sock.close()
     with state.lock:

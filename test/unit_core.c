@@ -234,6 +234,15 @@ static void test_classify(void)
        "sniff JSON after a BOM and spaces");
     ok(cms_sniff((const unsigned char *)"RIFF", 4) == CMS_FMT_UNKNOWN, "short RIFF is unknown");
     ok(cms_sniff((const unsigned char *)"ID3x", 4) == CMS_FMT_UNKNOWN, "sniff unknown");
+    /* a bare JSON value labelled JSON is an answer; WAV and ZIP stay recordings */
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8"), "JSON-typed is an answer");
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "Application/JSON ; q=1"), "media type case-insensitive");
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/problem+json"), "+json is an answer");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/octet-stream"), "octet-stream is not");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/jsonx"), "jsonx is not JSON");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, ""), "no content type: a recording");
+    ok(!cms_is_answer(CMS_FMT_WAV, "application/json"), "a WAV labelled JSON is a recording");
+    ok(cms_is_answer(CMS_FMT_TEXT, "audio/wav"), "text is an answer whatever the label");
 
     cms_error_clear(&err);
     cms_classify_status(401, "bad", -1, &err);
