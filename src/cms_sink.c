@@ -134,7 +134,7 @@ struct cms_bg_hash {
     int error;         /* errno of a failed read back, -1: SHA-256 failed */
 };
 
-/* Read back and hash [from, to) of the file. */
+/* Read back and hash [from, to) of the file, and start its writeback. */
 static int bg_hash_range(cms_bg_hash *h, long long from, long long to)
 {
     while (from < to) {
@@ -150,6 +150,11 @@ static int bg_hash_range(cms_bg_hash *h, long long from, long long to)
             h->error = -1;
             return -1;
         }
+#ifdef SYNC_FILE_RANGE_WRITE
+        /* start writing it to disk now: the fsync at the end then waits for
+           the last megabytes only (best effort; fsync still decides) */
+        sync_file_range(h->fd, (off_t)from, (off_t)got, SYNC_FILE_RANGE_WRITE);
+#endif
         from += got;
     }
     return 0;

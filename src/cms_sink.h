@@ -12,9 +12,10 @@
  *           else refused. A directory destination is named <callID>.<ext>
  *           once the format is known, and checked then, before any byte.
  * The file sink keeps a SHA-256 of what it wrote: a large download is hashed
- * by a thread of its own that reads the file back from the page cache, so that
- * the transfer only receives and writes, the hash runs on another core and its
- * tail overlaps the fsync (BENCHMARKS.md has the measurements).
+ * by a thread of its own that reads the file back from the page cache and
+ * starts its writeback as it goes, so that the transfer only receives and
+ * writes, the hash runs on another core, and the fsync at the end waits for
+ * the last megabytes only (BENCHMARKS.md has the measurements).
  */
 #ifndef CMS_SINK_H
 #define CMS_SINK_H
