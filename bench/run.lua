@@ -418,8 +418,9 @@ if wanted("many") then
       local conns, resumed = {}, {}
       for _, m in ipairs(c.runs) do conns[#conns + 1] = m.conns; resumed[#resumed + 1] = m.resumed end
       return { vs = c == curl and "reference" or (ratio(c.m.rate, curl.m and curl.m.rate) .. " the rate"),
-        notes = ("%.0f recordings/s; %d connections = TLS handshakes (%d resumed)%s"):format(c.m.rate,
-          median(conns), median(resumed), c.name == "cmsrec download_many c16" and "; target >= 25x" or "") }
+        notes = ("%.0f recordings/s; %d connection%s = TLS handshakes (%d resumed)%s"):format(c.m.rate,
+          median(conns), median(conns) == 1 and "" or "s", median(resumed),
+          c.name == "cmsrec download_many c16" and "; target >= 25x" or "") }
     end)
     if c.m and not c.name:find("dir", 1, true) then
       plot[#plot + 1] = { label = c.name, conc = c.conc, rate = c.m.rate }
