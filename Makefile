@@ -90,10 +90,27 @@ asan: deps
 	@$(MAKE) --no-print-directory LUA=5.4 build/asan/cmsrec.so
 	@SUITES=asan sh test/run-tests.sh
 
-# Throughput and memory against the mock CMS; figures are recorded in BENCHMARKS.md.
+# cmsrec side by side with curl, LuaSocket + LuaSec and Python against nginx
+# on loopback (bench/bench.sh); figures are recorded in BENCHMARKS.md. What
+# only the benchmark needs is installed by make bench alone (the deps recipe,
+# given this list).
+BENCH_PACKAGES = nginx libnginx-mod-http-lua curl openssl python3 python3-requests \
+                 lua5.4 liblua5.4-dev lua-socket lua-sec gnuplot-nox
+
 bench: deps
-	@$(MAKE) --no-print-directory build
-	@CMSREC_CPATH='$(BUILD)/?.so' $(LUA_BIN) bench/run.lua
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES='$(BENCH_PACKAGES)'
+	@$(MAKE) --no-print-directory LUA=5.4 build build/bench/measure build/bench/inline-sha/cmsrec.so
+	@sh bench/bench.sh
+
+build/bench/measure: bench/measure.c
+	@mkdir -p $(@D)
+	$(CC) -O2 $(WARN) -std=gnu99 -o $@ $<
+
+# The module as before issue 11 hashed files: inline, on the transfer thread.
+build/bench/inline-sha/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -shared -DCMS_BG_HASH_MIN=0x7fffffffffffffffLL \
+	    $(DEPCFLAGS) -o $@ $(MODULE_SRC) $(DEPLIBS)
 
 clean:
 	rm -rf build

@@ -241,8 +241,8 @@ static int unpack(cms_job *j)
     src.len = 0;
     src.path = NULL;
     src.fd = cms_file_sink_fd(f);
-    if (cms_sha256_final_hex(&f->sha, j->sha256) != 0)
-        return cms_error_set(&j->err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (cms_file_sink_digest(f, j->sha256, &j->err) != 0)
+        return -1;
     memset(&progress, 0, sizeof progress);
     progress.fn = j->progress ? unzip_progress : NULL;
     progress.ud = j;
