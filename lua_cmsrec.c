@@ -50,6 +50,7 @@
 #define CMSREC_USER_AGENT_MAX 1024 /* bytes: a header */
 #define CMSREC_PATH_MAX 2048       /* bytes of the path sent, base_url's and `path` */
 #define CMSREC_TOKEN_ANSWER_MAX (64 * 1024) /* a token answer is a few hundred bytes */
+#define CMSREC_HEADER_LINE_MAX 8192 /* "Authorization: Bearer " and a CMS_TOKEN_MAX token fit */
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
@@ -945,6 +946,8 @@ static void scratch_untoken(scratch *s)
 /* Forget the signed request of an attempt: the next one is signed afresh. */
 static void scratch_unsign(scratch *s)
 {
+    s->job.hide[0] = s->job.hide[1] = NULL; /* hide[0] pointed into sig */
+    s->job.hide_len[0] = s->job.hide_len[1] = 0;
     cms_buf_free(&s->body);
     cms_signature_free(&s->sig);
     free_headers_wiped(&s->headers);
@@ -1131,22 +1134,42 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
     return cms_sign(&in, &s->sig, err);
 }
 
-/* `option`: what the value comes from, named when it is too long. */
-static int add_header(struct curl_slist **list, const char *name, const char *value,
-                      const char *option, cms_error *err)
+/* "Name: value" (`sep` ':'), or "Name;" (`sep` ';': libcurl then sends the
+   header with an empty value, where "Name:" would remove it). The line is
+   built on the heap and wiped: it may carry a token. `option`: what the
+   value comes from, named when it is too long. */
+static int add_line(struct curl_slist **list, const char *name, const char *value, char sep,
+                    const char *option, cms_error *err)
 {
-    char line[1024];
+    const char *mid = sep == ';' ? ";" : ": ";
+    size_t nn = strlen(name), mn = strlen(mid), vn = sep == ';' ? 0 : strlen(value);
+    size_t n = nn + mn + vn + 1;
     struct curl_slist *l;
+    char *line;
 
-    if ((size_t)snprintf(line, sizeof line, "%s: %s", name, value) >= sizeof line)
+    if (n > CMSREC_HEADER_LINE_MAX)
         return cms_error_field(err, option, "the %s header is too long (from '%s')", name,
                                option);
+    if (!(line = malloc(n)))
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory building headers");
+    memcpy(line, name, nn);
+    memcpy(line + nn, mid, mn);
+    memcpy(line + nn + mn, value, vn);
+    line[n - 1] = '\0';
     l = curl_slist_append(*list, line);
-    OPENSSL_cleanse(line, sizeof line);
+    OPENSSL_cleanse(line, n);
+    free(line);
     if (!l)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory building headers");
     *list = l;
     return 0;
+}
+
+/* "Name: value"; an empty value removes a header libcurl would add (Expect). */
+static int add_header(struct curl_slist **list, const char *name, const char *value,
+                      const char *option, cms_error *err)
+{
+    return add_line(list, name, value, ':', option, err);
 }
 
 /* What a scheme sends besides Authorization, then the extra headers. */
@@ -1160,15 +1183,17 @@ static int add_gateway_headers(scratch *s, client *c, cms_error *err)
     if (!c->has_authorization && c->auth == AUTH_BEARER &&
         add_header(&s->headers, "X-APP-Key", c->ak, "ak", err) != 0)
         return -1;
-    for (i = 0; i < c->extra.n; i++)
-        if (add_header(&s->headers, c->extra.kv[i].name, c->extra.kv[i].value, "headers", err) != 0)
+    for (i = 0; i < c->extra.n; i++) /* an empty value is sent empty: apig signs it */
+        if (add_line(&s->headers, c->extra.kv[i].name, c->extra.kv[i].value,
+                     c->extra.kv[i].value_len ? ':' : ';', "headers", err) != 0)
             return -1;
     return 0;
 }
 
 static int build_headers(scratch *s, client *c, const char *auth, cms_error *err)
 {
-    const char *auth_from = c->has_authorization ? "authorization" : "ak";
+    const char *auth_from = c->has_authorization ? "authorization"
+                            : c->auth == AUTH_BEARER ? "token_url" : "ak";
 
     return add_header(&s->headers, "Host", c->host, "base_url", err) ||
            add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
@@ -1300,8 +1325,20 @@ static int token_body(lua_State *L, client *c, cms_buf *b, cms_error *err)
     return rc ? cms_error_set(err, CMS_E_NOMEM, "out of memory building the token request") : 0;
 }
 
-/* A 2xx answer with a usable AccessToken: kept until shortly before expiresIn.
-   Anything else says why not, with the SK (and a bad token) scrubbed. */
+/* A 2xx answer whose AccessToken (`n` bytes) cannot go in a header: kind
+   auth like an answer without one, the endpoint to blame, never the token. */
+static void token_unusable(const client *c, long status, size_t n, cms_error *err)
+{
+    cms_error_set(err, CMS_E_AUTH, "the token endpoint %s answered HTTP %ld with an "
+                  "AccessToken that cannot be sent (%zu bytes; a token is 1 to %d visible "
+                  "ASCII characters)", c->token_url, status, n, CMS_TOKEN_MAX);
+    cms_strlcpy(err->field, "token_url", sizeof err->field);
+    err->status = status;
+}
+
+/* A 2xx answer with a usable AccessToken: kept until shortly before expiresIn
+   (a missing, non-numeric or non-positive one: for this request only).
+   Anything else says why not, from an answer without the SK (or a bad token). */
 static int token_accept(lua_State *L, client *c, scratch *s, cms_error *err)
 {
     cms_response *r = &s->token_resp;
@@ -1316,15 +1353,20 @@ static int token_accept(lua_State *L, client *c, scratch *s, cms_error *err)
         lua_getfield(L, -1, "AccessToken");
         lua_getfield(L, -2, "expiresIn"); /* seconds, a number or a numeric string */
         tok = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &n) : NULL;
-        if (tok && cms_token_value_ok(tok, n)) {
+        if (tok && !cms_token_value_ok(tok, n))
+            token_unusable(c, r->status, n, err);
+        else if (tok) {
             kept = cms_token_store(&c->token, tok, n,
                                    cms_token_expiry(cms_now(), (double)lua_tonumber(L, -1))) == 0;
             if (!kept)
                 cms_error_set(err, CMS_E_NOMEM, "out of memory keeping the token");
         }
     }
-    if (!kept && err->kind == CMS_OK)
+    if (!kept && err->kind == CMS_OK) { /* quoted whole, before any of it is cut */
+        r->body.len = cms_text_scrub(r->body.data, r->body.len, (const char *)c->sk.data,
+                                     c->sk.len);
         cms_token_refused(r, c->token_url, json_fields, L, err);
+    }
     if (!kept && tok)
         cms_error_scrub(err, tok, n); /* a token refused for its characters: still a token */
     cms_error_scrub(err, (const char *)c->sk.data, c->sk.len);
@@ -1404,11 +1446,15 @@ static int bearer_retry(client *c, scratch *s, const cms_error *e)
     return 1;
 }
 
-/* Neither the SK nor the token in an error, whatever the server quoted. */
-static void scrub_secrets(const client *c, cms_error *e)
+/* Neither the SK nor a token (the client's, the one job `j` sent) in an
+   error, whatever the server quoted: the last guard, after the answer was
+   scrubbed whole (cms_job_scrub_answer). */
+static void scrub_secrets(const client *c, const cms_job *j, cms_error *e)
 {
     cms_error_scrub(e, (const char *)c->sk.data, c->sk.len);
     cms_error_scrub(e, c->token.value, c->token.len);
+    if (j)
+        cms_error_scrub(e, j->hide[0], j->hide_len[0]);
 }
 
 /* client:prepare's headers: what the scheme sends besides Authorization, the extras. */
@@ -1549,6 +1595,20 @@ static int sign_new_request(lua_State *L, client *c, scratch *s, int req_idx,
     return sign_prepared(L, c, s, clen, auth, err);
 }
 
+/* What this attempt's answer may quote back, scrubbed before it is read: the
+   bearer token it sends (its own copy: the client's may be replaced by then)
+   and the SK. */
+static void hide_secrets(const client *c, scratch *s)
+{
+    const cms_buf *a = &s->sig.authorization;
+    int bearer = a->data && a->len > 7 && memcmp(a->data, "Bearer ", 7) == 0;
+
+    s->job.hide[0] = bearer ? a->data + 7 : NULL;
+    s->job.hide_len[0] = bearer ? a->len - 7 : 0;
+    s->job.hide[1] = (const char *)c->sk.data;
+    s->job.hide_len[1] = c->sk.len;
+}
+
 /* Validate, build the body, sign: everything before the network. */
 static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
                            const char **call_id, cms_error *err)
@@ -1556,8 +1616,11 @@ static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
     char clen[32];
     const char *auth;
 
-    return sign_new_request(L, c, s, req_idx, call_id, clen, &auth, err) != 0 ||
-                   build_headers(s, c, auth, err) != 0 ? -1 : 0;
+    if (sign_new_request(L, c, s, req_idx, call_id, clen, &auth, err) != 0 ||
+        build_headers(s, c, auth, err) != 0)
+        return -1;
+    hide_secrets(c, s);
+    return 0;
 }
 
 /* client:call: the JSON body at `body_idx`, signed and with its headers. */
@@ -1570,8 +1633,10 @@ static int prepare_call(lua_State *L, client *c, scratch *s, int body_idx, cms_e
 
     if (cms_buf_append(&s->body, b, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "out of memory");
-    return sign_prepared(L, c, s, clen, &auth, err) != 0 ||
-                   build_headers(s, c, auth, err) != 0 ? -1 : 0;
+    if (sign_prepared(L, c, s, clen, &auth, err) != 0 || build_headers(s, c, auth, err) != 0)
+        return -1;
+    hide_secrets(c, s);
+    return 0;
 }
 
 /* The job of one download, as the plan says. */
@@ -1864,7 +1929,7 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     c->busy = BUSY_NOT;
     cms_job_end(j, rc != 0);
     if (rc != 0) {
-        scrub_secrets(c, &j->err);
+        scrub_secrets(c, j, &j->err);
         rc = push_job_error(L, j);
         scratch_release(L, sidx);
         return rc;
@@ -2069,6 +2134,7 @@ static int call_result(lua_State *L, cms_job *j, int raw)
         }
         return 0;
     }
+    cms_job_scrub_answer(j); /* an error now: quoted, the answer must not show a secret */
     cms_excerpt(b->data, b->len, excerpt, sizeof excerpt);
     cms_error_set(&j->err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with something that is "
                   "not a JSON object (%zu bytes): %s", j->resp.status, b->len, excerpt);
@@ -2111,7 +2177,7 @@ static int run_call(lua_State *L, client *c, dl_plan *p, int raw)
         scratch_release(L, 5);
         return 2;
     }
-    scrub_secrets(c, &j->err);
+    scrub_secrets(c, j, &j->err);
     rc = push_job_error(L, j);
     scratch_release(L, 5);
     return rc;
@@ -2352,7 +2418,7 @@ static int reader_read(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    scrub_secrets(r->c, r->err);
+    scrub_secrets(r->c, &r->s->job, r->err);
     push_error(L, r->err);
     set_int_field(L, "attempts", r->s->job.attempts);
     if (r->raise)
@@ -2464,7 +2530,7 @@ static int open_reader(lua_State *L, const char *what, int raise)
     rc = reader_start(L, r);
     c->busy = rc == 0 ? BUSY_READER : BUSY_NOT;
     if (rc != 0) {
-        scrub_secrets(c, r->err);
+        scrub_secrets(c, &s->job, r->err);
         push_error(L, r->err);
         if (raise)
             lua_error(L);
@@ -2584,7 +2650,7 @@ static int batch_record(lua_State *L, batch *b, slot *sl, int failed)
 
     lua_createtable(L, 0, 3);
     if (failed) {
-        scrub_secrets(b->c, &j->err);
+        scrub_secrets(b->c, j, &j->err);
         push_job_error(L, j);
         lua_setfield(L, -3, "err");
         lua_pop(L, 1); /* the nil */
@@ -3067,7 +3133,7 @@ static int l_prepare(lua_State *L)
     rc = sign_new_request(L, c, s, 2, &call_id, clen, &auth, &err);
     c->busy = busy;
     if (rc != 0) {
-        scrub_secrets(c, &err);
+        scrub_secrets(c, &s->job, &err);
         scratch_release(L, 3);
         return push_error(L, &err);
     }

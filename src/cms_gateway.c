@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 
 #include "cms_classify.h"
+#include "cms_text.h"
 
 /* ===== extra headers ===== */
 
@@ -20,10 +21,26 @@ static int is_tchar(unsigned char c)
            (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
+/* `name` (nlen bytes) is one of `list`, in any case. */
+static int name_in(const char *name, size_t nlen, const char *const *list, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strlen(list[i]) == nlen && strncasecmp(name, list[i], nlen) == 0)
+            return 1;
+    return 0;
+}
+
 const char *cms_header_problem(const char *name, size_t nlen, const char *value, size_t vlen)
 {
     static const char *const reserved[] = {"authorization", "host", "content-type",
                                            "content-length", "x-sdk-date"};
+    /* the message's framing and the connection are libcurl's; a proxy's
+       credentials would go to the CMS */
+    static const char *const hop[] = {"transfer-encoding", "te", "trailer", "connection",
+                                      "keep-alive", "proxy-connection", "upgrade", "expect",
+                                      "proxy-authorization"};
     size_t i;
 
     if (nlen == 0 || nlen > CMS_HEADER_NAME_MAX)
@@ -31,9 +48,11 @@ const char *cms_header_problem(const char *name, size_t nlen, const char *value,
     for (i = 0; i < nlen; i++)
         if (!is_tchar((unsigned char)name[i]))
             return "its name must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)";
-    for (i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
-        if (strlen(reserved[i]) == nlen && strncasecmp(name, reserved[i], nlen) == 0)
-            return "cmsrec sets this header itself";
+    if (name_in(name, nlen, reserved, sizeof reserved / sizeof reserved[0]))
+        return "cmsrec sets this header itself";
+    if (name_in(name, nlen, hop, sizeof hop / sizeof hop[0]))
+        return "it is about the connection or the message framing (hop-by-hop), which "
+               "libcurl manages";
     if (vlen > CMS_HEADER_VALUE_MAX)
         return "its value is longer than 800 bytes";
     for (i = 0; i < vlen; i++)
@@ -206,14 +225,14 @@ int cms_token_store(cms_token *t, const char *v, size_t n, double expires)
 
 int cms_token_usable(const cms_token *t, double now)
 {
-    return t->value && (t->expires == 0 || now < t->expires);
+    return t->value && now < t->expires;
 }
 
 double cms_token_expiry(double now, double expires_in)
 {
     double margin = expires_in / 10 < 60 ? expires_in / 10 : 60;
 
-    return expires_in > 0 ? now + expires_in - margin : 0;
+    return expires_in > 0 ? now + expires_in - margin : now; /* (NaN too) */
 }
 
 int cms_token_value_ok(const char *v, size_t n)
@@ -268,26 +287,18 @@ int cms_token_refused(const cms_response *r, const char *url, cms_json_fn json, 
 
 /* ===== secrets in server text ===== */
 
+/* Whole occurrences, then a cut-off start of the secret at the end. */
 static void scrub(char *text, const char *secret, size_t n)
 {
-    char *hit;
-
-    while ((hit = strstr(text, secret)) != NULL) { /* "***" is never longer: n >= 8 */
-        memcpy(hit, "***", 3);
-        memmove(hit + 3, hit + n, strlen(hit + n) + 1);
-    }
+    cms_text_scrub(text, strlen(text), secret, n);
+    cms_text_scrub_tail(text, secret, n);
 }
 
 void cms_error_scrub(cms_error *e, const char *secret, size_t n)
 {
-    char s[CMS_TOKEN_MAX + 1];
-
-    if (!secret || n < 8 || n > CMS_TOKEN_MAX || memchr(secret, '\0', n))
-        return; /* (an SK with NUL bytes cannot appear in C text whole) */
-    memcpy(s, secret, n);
-    s[n] = '\0';
-    scrub(e->message, s, n);
-    scrub(e->result_desc, s, n);
-    scrub(e->result_code, s, n);
-    OPENSSL_cleanse(s, sizeof s);
+    if (!secret || n < CMS_SCRUB_MIN)
+        return;
+    scrub(e->message, secret, n);
+    scrub(e->result_desc, secret, n);
+    scrub(e->result_code, secret, n);
 }

@@ -30,7 +30,10 @@
 /* What is wrong with an extra header, as a phrase ("its name ..."), or NULL.
    Names are HTTP tokens and none of the headers the module sets itself
    (Authorization, Host, Content-Type, Content-Length, X-Sdk-Date, in any
-   case); values have no control characters (CR, LF, TAB, DEL, ...). */
+   case), nor hop-by-hop or framing ones (Transfer-Encoding, TE, Trailer,
+   Connection, Keep-Alive, Proxy-Connection, Upgrade, Expect,
+   Proxy-Authorization); values have no control characters (CR, LF, TAB,
+   DEL, ...) and may be empty (sent empty). */
 const char *cms_header_problem(const char *name, size_t nlen, const char *value, size_t vlen);
 
 /* Extra headers, copied (owned here). */
@@ -59,8 +62,8 @@ char *cms_token_url_default(const char *base_url);
  * The bearer token, in pages of its own like the SK (cms_secret: no core
  * dumps, no swap, wiped before unmapped). `value`/`len` view those bytes.
  * `gen` counts the tokens stored, so a request can tell whether the token
- * it used is still the current one. `expires` is on the cms_now() clock, 0
- * when the endpoint gave no lifetime (used until a request is refused, 401).
+ * it used is still the current one. `expires` is on the cms_now() clock:
+ * no request that starts then or later uses it.
  */
 typedef struct cms_token {
     cms_secret secret;
@@ -78,8 +81,10 @@ void cms_token_wipe(cms_token *t);
 /* 1 when a token is held and not about to expire at `now`. */
 int cms_token_usable(const cms_token *t, double now);
 /* When a token given `expires_in` seconds at `now` stops being used: that
-   long minus a margin, 60 s or a tenth of it, whichever is less. 0 (no
-   expiry known) when expires_in is not positive. */
+   long minus a margin, 60 s or a tenth of it, whichever is less. `now` when
+   expires_in is not positive (0, negative, or missing or not a number,
+   which the caller passes as 0): such a token serves the request that
+   fetched it, and the next one fetches another, never a stale one. */
 double cms_token_expiry(double now, double expires_in);
 /* 1 when `v` can be a token: 1..CMS_TOKEN_MAX visible ASCII bytes. */
 int cms_token_value_ok(const char *v, size_t n);
@@ -94,7 +99,9 @@ int cms_token_refused(const cms_response *r, const char *url, cms_json_fn json, 
                       cms_error *err);
 
 /* Every occurrence of `secret` (n >= 8 bytes; shorter ones are left) in the
-   text fields of `e` becomes "***". */
+   text fields of `e` becomes "***", and so does a start of it (8 bytes or
+   more) that ends a field: a quote cut short. The last guard only: server
+   text is scrubbed whole before it is cut (cms_text_scrub, cms_job). */
 void cms_error_scrub(cms_error *e, const char *secret, size_t n);
 
 #endif

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cms_classify.h"
+#include "cms_text.h"
 
 /* ===== the answer ===== */
 
@@ -279,13 +280,29 @@ static int commit(cms_job *j)
     }
 }
 
+void cms_job_scrub_answer(cms_job *j)
+{
+    cms_buf *b = &j->resp.body;
+    size_t i;
+
+    for (i = 0; i < 2 && b->data; i++)
+        b->len = cms_text_scrub(b->data, b->len, j->hide[i], j->hide_len[i]);
+}
+
+/* An answer that is no recording: an error, from a body without secrets. */
+static int classify(cms_job *j)
+{
+    cms_job_scrub_answer(j);
+    return cms_classify_answer(&j->resp, j->json, j->json_ud, &j->err);
+}
+
 /* ANSWER: a whole 2xx body is the result; the caller decodes it. */
 static int answer_outcome(cms_job *j)
 {
     cms_response *r = &j->resp;
 
     if (r->status / 100 != 2)
-        return cms_classify_answer(r, j->json, j->json_ud, &j->err);
+        return classify(j);
     if (r->truncated)
         cms_error_set(&j->err, CMS_E_TOO_LARGE, "the answer is larger than max_size "
                       "(%lld bytes)", j->io.answer_max);
@@ -302,8 +319,7 @@ int cms_job_finish(cms_job *j, CURLcode rc)
 {
     int failed = cms_transfer_finish(&j->t, rc) != 0 ||
                  (j->dest == CMS_DEST_ANSWER ? answer_outcome(j) != 0 :
-                  (!j->resp.sunk && cms_classify_answer(&j->resp, j->json, j->json_ud,
-                                                        &j->err) != 0) ||
+                  (!j->resp.sunk && classify(j) != 0) ||
                   commit(j) != 0);
 
     if (failed)

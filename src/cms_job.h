@@ -93,6 +93,11 @@ typedef struct cms_job {
     void *progress_ud;
     cms_json_fn json;
     void *json_ud;
+    /* secrets a server may quote back (the bearer token the attempt sends,
+       the SK): scrubbed out of an answer that becomes an error before any
+       of it is read or cut (cms_job_scrub_answer); set for each attempt */
+    const char *hide[2];
+    size_t hide_len[2];
     /* state */
     int attempts;
     long long visible;         /* bytes the caller's sink got, over all attempts */
@@ -117,6 +122,8 @@ int cms_job_start(cms_job *j, CURL *h, const cms_transfer_config *cfg, const cha
 /* libcurl ended the attempt with `rc`: classify the answer, commit the
    recording; 0, or -1 with j->err set and the attempt discarded. */
 int cms_job_finish(cms_job *j, CURLcode rc);
+/* Every secret of j->hide in the answer's body becomes "***". */
+void cms_job_scrub_answer(cms_job *j);
 /* Before another attempt: forget the last one (keeps attempts and visible). */
 void cms_job_reset(cms_job *j);
 /* The job is over; `failed`: remove a directory it made. */

@@ -385,6 +385,38 @@ static int cmp_apig_header(const void *a, const void *b)
     return strcmp(((const apig_header *)a)->name, ((const apig_header *)b)->name);
 }
 
+static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+
+    return c ? c : (an > bn) - (an < bn);
+}
+
+/* The gateway SDKs' order: by key, then by value, both as given (bytes), not
+   as encoded: "a=1" comes before "a-b=2". */
+static int cmp_query(const void *a, const void *b)
+{
+    const cms_kv *x = *(const cms_kv *const *)a, *y = *(const cms_kv *const *)b;
+    int c = cmp_bytes(x->name, x->name_len, y->name, y->name_len);
+
+    return c ? c : cmp_bytes(x->value, x->value_len, y->value, y->value_len);
+}
+
+/* The canonical query: each pair k=v percent-encoded, in the SDKs' order. */
+static int apig_query(cms_buf *out, const cms_kv *kv, size_t n)
+{
+    const cms_kv *items[CMS_SIGN_MAX_PAIRS];
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        items[i] = &kv[i];
+    qsort(items, n, sizeof items[0], cmp_query);
+    for (i = 0; i < n; i++)
+        if ((i && cms_buf_append_char(out, '&') != 0) || render_query(out, items[i]) != 0)
+            return -1;
+    return 0;
+}
+
 /* "name:trimmed value\n" for each header, sorted by name. */
 static int apig_headers(cms_buf *out, const cms_kv *kv, size_t n)
 {
@@ -476,7 +508,7 @@ static int apig_canonical(const cms_sign_input *in, const cms_kv *all, size_t n,
     /* || keeps the order: each part is appended after the one before */
     return append_case(cr, in->method, strlen(in->method), 1) || cms_buf_append_char(cr, '\n') ||
            apig_path(cr, in->path) || cms_buf_append_char(cr, '\n') ||
-           (in->nquery && join_sorted(cr, in->query, in->nquery, '&', render_query)) ||
+           apig_query(cr, in->query, in->nquery) ||
            cms_buf_append_char(cr, '\n') || apig_headers(cr, all, n) ||
            cms_buf_append_char(cr, '\n') ||
            cms_buf_append(cr, out->signed_headers.data, out->signed_headers.len) ||

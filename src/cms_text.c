@@ -76,3 +76,37 @@ size_t cms_text_clean(char *s)
     s[o] = '\0';
     return replaced;
 }
+
+size_t cms_text_scrub(char *p, size_t n, const char *secret, size_t slen)
+{
+    size_t i = 0, o = 0;
+
+    if (!secret || slen < CMS_SCRUB_MIN)
+        return n;
+    while (i < n) {
+        if (n - i >= slen && memcmp(p + i, secret, slen) == 0) {
+            memcpy(p + o, "***", 3); /* o + 3 <= i + slen: never past what was read */
+            o += 3;
+            i += slen;
+        } else {
+            p[o++] = p[i++];
+        }
+    }
+    if (o < n)
+        p[o] = '\0';
+    return o;
+}
+
+int cms_text_scrub_tail(char *s, const char *secret, size_t slen)
+{
+    size_t n = strlen(s), k = slen - 1 < n ? slen - 1 : n;
+
+    if (!secret || slen <= CMS_SCRUB_MIN)
+        return 0;
+    for (; k >= CMS_SCRUB_MIN; k--) /* the longest cut piece first */
+        if (memcmp(s + n - k, secret, k) == 0) {
+            memcpy(s + n - k, "***", 4); /* k >= 8 > 4: fits, terminated */
+            return 1;
+        }
+    return 0;
+}

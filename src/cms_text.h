@@ -26,4 +26,18 @@ int cms_text_printable(const char *s, size_t n);
    The result is never longer; returns how many were replaced. */
 size_t cms_text_clean(char *s);
 
+/* Minimum length of a secret that cms_text_scrub looks for: shorter byte
+   strings occur in ordinary text by chance. */
+#define CMS_SCRUB_MIN 8
+
+/* In place: every occurrence of `secret` (slen >= CMS_SCRUB_MIN bytes, any
+   bytes) in `p` (n bytes) becomes "***". Returns the new length (never
+   longer); p[new length] is set to '\0' when that byte was inside `p`. */
+size_t cms_text_scrub(char *p, size_t n, const char *secret, size_t slen);
+
+/* In place: `s` (a C string) ending with the first 8 or more bytes of
+   `secret` (but not all of it) loses them for "***": what is left of a
+   secret quoted by a server when its text was cut. Returns 1 if so. */
+int cms_text_scrub_tail(char *s, const char *secret, size_t slen);
+
 #endif

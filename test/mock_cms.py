@@ -199,8 +199,8 @@ Gateways (cms-protocol.md, "Other authentication seen in the field"):
   Schemes. Every API and echo request is verified by the scheme its Authorization header
   names (stats.last.scheme): "SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=..."
   (the API gateway's signer, written here independently of the module: path segments
-  unquoted and quoted again with a trailing '/', header values as received; --self-test
-  checks vector V4), "Bearer <token>" with X-APP-Key = the AK (a token issued below, not
+  unquoted and quoted again with a trailing '/', query pairs ordered by key then value as
+  the SDKs do, header values as received; --self-test checks vector V4), "Bearer <token>" with X-APP-Key = the AK (a token issued below, not
   revoked or expired), else auth-v2. A failure is 401 resultCode 0100001.
   Token endpoint: POST /apigovernance/api/oauth/tokenByAkSk {"app_key","app_secret"}
   (no Authorization) answers 200 {"AccessToken","expiresIn"} for the mock's AK/SK, 401
@@ -348,9 +348,16 @@ def apig_uri(path):
     return uri if uri.endswith("/") else uri + "/"
 
 
+def apig_query(query):
+    """The gateway SDKs' rule: the pairs ordered by key, then by value, as received (before
+    encoding: Python's SDK sorts its (key, value) tuples, Go's sort.Strings the keys, then
+    each key's values), then each k=v quoted with only unreserved bytes kept."""
+    return "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted(query))
+
+
 def apig_canonical(method, path, query, signed, values, body):
     """query: [(key, value)] as bytes; signed: sorted lowercase names; values: {name: bytes}."""
-    q = "&".join(sorted(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query))
+    q = apig_query(query)
     headers = b"".join(n.encode() + b":" + values[n].strip() + b"\n" for n in signed)
     return b"\n".join([method.upper().encode(), apig_uri(path).encode(), q.encode(), headers,
                        ";".join(signed).encode(), hashlib.sha256(body).hexdigest().encode()])
@@ -379,6 +386,9 @@ def self_test_apig():
          "5a2899caf872bbfa54f09ca2b35f8f6c60fd803621d00b317ae68e46b5db1bc6"),
         ("V4 signature", sig, "c34e6acee3d185e6c72e77d72331e863ad694280734904f68daaeb3046125adb"),
         ("apig path encoding", apig_uri("/rest/a%41b/c!d"), "/rest/aAb/c%21d/"),
+        ("apig query order", apig_query([(b"a-b", b"2"), (b"b", b"x y"), (b"a", b"1"),
+                                         (b"a", b"0"), (b"a~", b"/")]),
+         "a=0&a=1&a-b=2&a~=%2F&b=x%20y"),
     ]
 
 

@@ -743,6 +743,15 @@ static void test_gateway_headers(void)
     ok(cms_header_problem("X-A", 3, "a\r\nX-B: b", 9) != NULL, "CR LF in a value is refused");
     ok(cms_header_problem("X-A", 3, "a\tb", 3) != NULL, "TAB in a value is refused");
     ok(cms_header_problem("X-A", 3, "caf\xc3\xa9", 5) == NULL, "UTF-8 in a value is fine");
+    ok(cms_header_problem("X-Empty", 7, "", 0) == NULL, "an empty value is fine (sent empty)");
+    ok(cms_header_problem("transfer-ENCODING", 17, "chunked", 7) != NULL &&
+       cms_header_problem("TE", 2, "trailers", 8) != NULL &&
+       cms_header_problem("Connection", 10, "close", 5) != NULL &&
+       cms_header_problem("Upgrade", 7, "h2c", 3) != NULL &&
+       cms_header_problem("Expect", 6, "", 0) != NULL &&
+       cms_header_problem("Proxy-Authorization", 19, "Basic x", 7) != NULL,
+       "hop-by-hop and framing headers are refused");
+    ok(cms_header_problem("TE-X", 4, "1", 1) == NULL, "... by their exact names only");
     cms_headers_init(&h);
     ok(cms_headers_add(&h, "X-A", 3, "1", 1) == 0 && cms_headers_add(&h, "X-B", 3, "2", 1) == 0,
        "headers added");
@@ -777,8 +786,10 @@ static void test_gateway_token(void)
 
     cms_token_init(&t);
     ok(!cms_token_usable(&t, 1.0), "no token: not usable");
-    ok(cms_token_store(&t, "abc", 3, 0) == 0 && t.gen == 1, "token stored");
-    ok(cms_token_usable(&t, 1e9), "a token without a lifetime is used until refused");
+    ok(cms_token_store(&t, "abc", 3, cms_token_expiry(5.0, 0)) == 0 && t.gen == 1,
+       "token stored");
+    ok(!cms_token_usable(&t, 5.0) && !cms_token_usable(&t, 1e9),
+       "a token without a lifetime serves only the request that fetched it");
     gen = t.gen;
     cms_token_wipe(&t);
     ok(!t.value && t.len == 0 && t.gen == gen && !cms_token_usable(&t, 1.0),
@@ -786,7 +797,8 @@ static void test_gateway_token(void)
     cms_token_wipe(&t);
     ok(cms_token_expiry(100, 3600) == 100 + 3600 - 60, "3600 s: used until 60 s before");
     ok(cms_token_expiry(100, 30) == 100 + 27, "30 s: used until 10% before");
-    ok(cms_token_expiry(100, 0) == 0 && cms_token_expiry(100, -5) == 0, "no lifetime: 0");
+    ok(cms_token_expiry(100, 0) == 100 && cms_token_expiry(100, -5) == 100 &&
+       cms_token_expiry(100, 0.0 / 0.0) == 100, "no lifetime (0, negative, NaN): over at once");
     ok(cms_token_store(&t, "tok", 3, 50) == 0 && cms_token_usable(&t, 49.9) &&
        !cms_token_usable(&t, 50), "expired at its time");
     cms_token_wipe(&t);
@@ -807,6 +819,93 @@ static void test_gateway_token(void)
     ok_str(e.result_desc, "***", "and from result_desc");
     cms_error_scrub(&e, "short", 5);
     ok(strstr(e.message, "token") != NULL, "short strings are left alone");
+}
+
+/* A secret quoted by a server, then cut: scrubbed whole first, the cut tail as a last guard. */
+static void test_scrub(void)
+{
+    static const char tok[] = "tok-0123456789abcdefghij";
+    char body[] = "{\"d\":\"tok-0123456789abcdefghij x tok-0123456789abcdefghij\"}tail";
+    char nul[] = "a\0secret\0bytes\0z";
+    char big[5001];
+    cms_job j;
+    cms_error e;
+    size_t n;
+
+    n = cms_text_scrub(body, sizeof body - 1, tok, sizeof tok - 1);
+    ok(n == strlen(body) && strcmp(body, "{\"d\":\"*** x ***\"}tail") == 0,
+       "text scrub: every occurrence, the rest moved up and terminated");
+    n = cms_text_scrub(nul, sizeof nul - 1, "\0secret\0bytes", 13);
+    ok(n == 6 && memcmp(nul, "a***\0z", 6) == 0, "text scrub: any bytes, NUL included");
+    ok(cms_text_scrub(body, strlen(body), "tok-0123", 7) == strlen(body),
+       "text scrub: under 8 bytes, nothing");
+
+    cms_error_clear(&e);
+    cms_error_set(&e, CMS_E_AUTH, "refused: token tok-0123456789ab");
+    cms_strlcpy(e.result_desc, "token tok-0123456789abcdefghi", sizeof e.result_desc);
+    cms_strlcpy(e.result_code, "tok-0123", sizeof e.result_code);
+    cms_error_scrub(&e, tok, sizeof tok - 1);
+    ok_str(e.message, "refused: token ***", "a cut-off start of the token ending the message");
+    ok_str(e.result_desc, "token ***", "... and result_desc (all but its last byte)");
+    ok_str(e.result_code, "***", "... and result_code (its first 8 bytes)");
+    cms_error_clear(&e);
+    cms_error_set(&e, CMS_E_AUTH, "token tok-0123456 and more");
+    cms_error_scrub(&e, tok, sizeof tok - 1);
+    ok_str(e.message, "token tok-0123456 and more", "a start inside the text is no cut quote");
+    cms_error_set(&e, CMS_E_AUTH, "ends with tok-012");
+    cms_error_scrub(&e, tok, sizeof tok - 1);
+    ok_str(e.message, "ends with tok-012", "under 8 bytes: left");
+
+    memset(big, 'T', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    cms_error_clear(&e);
+    cms_error_set(&e, CMS_E_AUTH, "quoted: %s", big);
+    cms_error_scrub(&e, big, sizeof big - 1);
+    ok_str(e.message, "quoted: ***", "a secret longer than CMS_TOKEN_MAX, cut in the message");
+
+    cms_job_init(&j);
+    cms_buf_append_str(&j.resp.body, "{\"resultDesc\":\"token tok-0123456789abcdefghij, sk "
+                       "sk-secret-0000\"}");
+    j.hide[0] = tok;
+    j.hide_len[0] = sizeof tok - 1;
+    j.hide[1] = "sk-secret-0000";
+    j.hide_len[1] = 14;
+    cms_job_scrub_answer(&j);
+    ok_str(j.resp.body.data, "{\"resultDesc\":\"token ***, sk ***\"}",
+           "an error answer loses the token and the SK before it is read");
+    cms_job_free(&j);
+}
+
+/* apig: the query in the gateway SDKs' order (key, then value, as given), encoded. */
+static void test_apig_query(void)
+{
+    cms_kv h[] = {KV("host", "h")};
+    cms_kv q[] = {KV("a-b", "2"), KV("b", "x y"), KV("a", "1"), KV("a", "0"), KV("a~", "/"),
+                  KV("\xc3\xa9", "")};
+    cms_sign_input in;
+    cms_signature sig;
+    cms_error err;
+
+    memset(&in, 0, sizeof in);
+    in.ak = "a";
+    in.sk = (const unsigned char *)"s";
+    in.sk_len = 1;
+    in.method = "GET";
+    in.path = "/p";
+    in.headers = h;
+    in.nheaders = 1;
+    in.query = q;
+    in.nquery = sizeof q / sizeof q[0];
+    in.body = "";
+    in.timestamp = "20241031T140652Z";
+    cms_signature_init(&sig);
+    cms_error_clear(&err);
+    ok(cms_sign_apig(&in, &sig, &err) == 0, "apig signs a query");
+    ok(strstr(sig.canonical_request.data, "\n/p/\na=0&a=1&a-b=2&a~=%2F&b=x%20y&%C3%A9=\n") != NULL,
+       "apig query: by key then value, before encoding (a=1 before a-b=2)");
+    if (!strstr(sig.canonical_request.data, "a=0&a=1&a-b=2"))
+        printf("#   got: %s\n", sig.canonical_request.data);
+    cms_signature_free(&sig);
 }
 
 static void test_token_refused(void)
@@ -858,6 +957,8 @@ int main(void)
     test_gateway_resolve();
     test_gateway_token();
     test_token_refused();
+    test_scrub();
+    test_apig_query();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
