@@ -1,19 +1,21 @@
 -- Review of issue 10 (secrets, trace, TLS options, fault fixes): reproducers of the
 -- problems found at e1e0d9b. Each test FAILS at e1e0d9b because of the bug it names.
--- spec/review10_raw.py is a raw plain-HTTP server on loopback for answers the mock
+-- (fix10: cmsrec.new now refuses a proxy option libcurl cannot use, so the download-time
+-- path of such a proxy is shown with https_proxy, which new cannot check.)
+-- spec/trace_review_raw.py is a raw plain-HTTP server on loopback for answers the mock
 -- cannot give (see its docstring); proxies point at 127.0.0.1:1 (connection refused).
 local H = require "spec.helper"
 local cmsrec = require "cmsrec"
 local mock, q = H.mock, H.q
 
-describe("review10", function()
+describe("trace review (issue 10)", function()
   local raw_url, raw_pid, portfile
 
   setup(function()
     mock.start()
     portfile = os.tmpname()
     os.remove(portfile)
-    raw_pid = H.capture(("python3 spec/review10_raw.py %s >/dev/null 2>&1 & echo $!"):format(q(portfile)))
+    raw_pid = H.capture(("python3 spec/trace_review_raw.py %s >/dev/null 2>&1 & echo $!"):format(q(portfile)))
       :gsub("%s+", "")
     for _ = 1, 200 do
       local port = H.read_file(portfile)
@@ -36,6 +38,7 @@ describe("review10", function()
                                         timeout = 10, allow_http = true, %s }
       local d, err = c:download{ callID = %q }
       print("RESULT", d and #d, err and tostring(err))
+      if err then print("KIND", err.kind, err.field, tostring(err.retryable)) end
       c:close()
     ]]):format(url, H.AK, H.SK, mock.ca, extra or "", id),
       "CMSREC_DEBUG=1 NO_PROXY= no_proxy= HTTPS_PROXY= " .. (env or ""))
@@ -63,24 +66,42 @@ describe("review10", function()
 
   describe("a proxy URL that libcurl refuses (src/cms_transfer.c transport_error)", function()
     local proxy = "socks9://proxyuser:R10SECRET-C@127.0.0.1:1"
+    -- longer than libcurl's error buffer (256 bytes): its message is cut before the '@'
+    local long = "socks9://u:R10SECRET-D" .. ("x"):rep(300) .. "@127.0.0.1:1"
+    local unparsable = "http://u:R10SECRET-E@127.0.0.1:99999"
 
-    it("never puts its password in err.message, tostring(err) or the trace", function()
-      local c = cmsrec.new(H.config{ proxy = proxy })
-      local data, err = c:download{ callID = "wav-100" }
-      c:close()
-      assert.is_nil(data)
-      assert.is_nil(tostring(err):find("R10SECRET-C", 1, true), tostring(err))
+    it("as the proxy option: cmsrec.new refuses it, naming the option, never the password",
+      function()
+      for _, bad in ipairs{ proxy, long, unparsable } do
+        local ok, msg = pcall(cmsrec.new, H.config{ proxy = bad })
+        assert.is_false(ok)
+        assert.matches("cmsrec.new: option 'proxy' ", msg)
+        assert.is_nil(msg:find("R10SECRET", 1, true), msg)
+      end
       local out = traced(mock.url, "wav-100", nil, ("proxy = %q"):format(proxy))
-      assert.is_nil(out:find("R10SECRET-C", 1, true), "the proxy password was traced:\n" .. out)
+      assert.matches("option 'proxy'", out)
+      assert.is_nil(out:find("R10SECRET-C", 1, true), "the proxy password was shown:\n" .. out)
+      for _, good in ipairs{ "", "u:p@127.0.0.1:1", "socks5h://127.0.0.1:1" } do
+        cmsrec.new(H.config{ proxy = good }):close() -- "": none; no scheme: http
+      end
     end)
 
-    it("is a configuration error (kind invalid, field proxy), not a retryable network one", function()
-      local c = cmsrec.new(H.config{ proxy = proxy })
-      local _, err = c:download{ callID = "wav-100" }
-      c:close()
-      assert.equal("invalid", err.kind, tostring(err))
-      assert.equal("proxy", err.field)
-      assert.is_false(err.retryable)
+    it("from the environment: never puts its password in err.message, tostring(err) or the trace",
+      function()
+      for _, bad in ipairs{ proxy, long, unparsable } do
+        local out = traced(mock.url, "wav-100", "https_proxy=" .. q(bad))
+        assert.matches("Uses proxy env variable", out)
+        assert.matches("RESULT\tnil\tcmsrec: the proxy cannot be used", out)
+        assert.is_nil(out:find("R10SECRET", 1, true), "the proxy password was shown:\n" .. out)
+      end
+    end)
+
+    it("from the environment: a configuration error (kind invalid, field proxy), not retryable",
+      function()
+      for _, bad in ipairs{ proxy, unparsable } do
+        local out = traced(mock.url, "wav-100", "https_proxy=" .. q(bad))
+        assert.matches("KIND\tinvalid\tproxy\tfalse\n", out)
+      end
     end)
   end)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Raw plain-HTTP server on loopback for spec/review10_spec.lua (review of issue 10).
+"""Raw plain-HTTP server on loopback for spec/trace_review_spec.lua (review of issue 10).
 
-Usage: python3 spec/review10_raw.py PORTFILE   (writes its port there; exits after 120 s)
+Usage: python3 spec/trace_review_raw.py PORTFILE   (writes its port there; exits after 120 s)
 One request per connection, answered by its JSON body's callID, then close:
   longtok      200 notfound JSON with a header "X-<62 a>-Token: RAWSECRET1" (name > 64 bytes)
   spacetok     200 notfound JSON with "Set-Cookie : sid=RAWSECRET2" (a space before the colon)
