@@ -102,7 +102,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     while (v < p + len && (*v == ' ' || *v == '\t'))
         v++;
     vlen = (size_t)(p + len - v);
-    while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+    while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' ' ||
+                    v[vlen - 1] == '\t')) /* OWS is spaces and tabs (RFC 9110 5.6.3) */
         vlen--;
     if (strncasecmp(p, "content-type:", 13) == 0) {
         size_t cap = sizeof ctx->resp->content_type - 1;
