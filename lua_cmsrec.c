@@ -3150,7 +3150,8 @@ static int l_classify(lua_State *L)
             return 1;
         }
         fmt = cms_sniff((const unsigned char *)body, len);
-        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type)) {
+        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type,
+                                      (const unsigned char *)body, len)) {
             scratch_release(L, 5);
             lua_pushstring(L, cms_format_name(fmt));
             return 1;

@@ -176,7 +176,8 @@ static int decide_route(transfer_ctx *ctx)
     cms_buf *held = &r->body;
 
     r->format = cms_sniff((const unsigned char *)held->data, held->len);
-    if (cms_is_answer(r->format, r->content_type) || ctx->io->answer_max > 0) {
+    if (ctx->io->answer_max > 0 ||
+        cms_is_answer(r->format, r->content_type, (const unsigned char *)held->data, held->len)) {
         ctx->route = ROUTE_ANSWER;
         return 0;
     }

@@ -235,14 +235,26 @@ static void test_classify(void)
     ok(cms_sniff((const unsigned char *)"RIFF", 4) == CMS_FMT_UNKNOWN, "short RIFF is unknown");
     ok(cms_sniff((const unsigned char *)"ID3x", 4) == CMS_FMT_UNKNOWN, "sniff unknown");
     /* a bare JSON value labelled JSON is an answer; WAV and ZIP stay recordings */
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8"), "JSON-typed is an answer");
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "Application/JSON ; q=1"), "media type case-insensitive");
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/problem+json"), "+json is an answer");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/octet-stream"), "octet-stream is not");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/jsonx"), "jsonx is not JSON");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, ""), "no content type: a recording");
-    ok(!cms_is_answer(CMS_FMT_WAV, "application/json"), "a WAV labelled JSON is a recording");
-    ok(cms_is_answer(CMS_FMT_TEXT, "audio/wav"), "text is an answer whatever the label");
+#define ANSWER(fmt, ct, body) cms_is_answer(fmt, ct, (const unsigned char *)body, strlen(body))
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8", "\"text\""),
+       "JSON-typed string is an answer");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "Application/JSON ; q=1", " 1"), "media type case-insensitive");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/problem+json", "-2"), "+json is an answer");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/json", "\xEF\xBB\xBF null") &&
+       ANSWER(CMS_FMT_UNKNOWN, "application/json", "true") &&
+       ANSWER(CMS_FMT_UNKNOWN, "application/json", "fal"),
+       "JSON literals (as far as they came) are answers");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/octet-stream", "1"), "octet-stream is not");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/jsonx", "1"), "jsonx is not JSON");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "", "1"), "no content type: a recording");
+    ok(!ANSWER(CMS_FMT_WAV, "application/json", "RIFF"), "a WAV labelled JSON is a recording");
+    ok(ANSWER(CMS_FMT_TEXT, "audio/wav", "<html>"), "text is an answer whatever the label");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8", "ID3\x04\0\0\0\0\x01\x02") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "\xFF\xFB\x90\x64") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "fLaC\0\0\0\x22") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "nope"),
+       "a body labelled JSON that cannot start a JSON value is a recording");
+#undef ANSWER
 
     cms_error_clear(&err);
     cms_classify_status(401, "bad", -1, &err);
