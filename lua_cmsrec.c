@@ -786,6 +786,18 @@ static void config_gateways(lua_State *L, int idx, client *c)
     config_resolve(L, idx, c);
 }
 
+/* A proxy URL libcurl cannot use is refused here, not at each download; the
+   message never quotes it (a password). */
+static void config_proxy(lua_State *L, int idx, client *c)
+{
+    const char *problem;
+
+    c->tc.proxy = dup_opt(L, idx, "proxy");
+    problem = c->tc.proxy ? cms_url_proxy_problem(c->tc.proxy) : NULL;
+    if (problem)
+        luaL_error(L, "cmsrec.new: option 'proxy' %s", problem);
+}
+
 /* CMSREC_DEBUG, read once per client: set and not "0". */
 static int config_debug(void)
 {
@@ -845,7 +857,7 @@ static int l_new(lua_State *L)
     config_signed_headers(L, 1, c);
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
-    c->tc.proxy = dup_opt(L, 1, "proxy");
+    config_proxy(L, 1, c);
     c->tc.user_agent = dup_header_opt(L, 1, "user_agent", CMSREC_USER_AGENT_MAX);
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,

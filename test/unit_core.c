@@ -355,6 +355,17 @@ static void test_url(void)
     ok(cms_url_path_clean("/rest/cmsapp/v1") && !cms_url_path_clean("/a b") &&
            !cms_url_path_clean("/a?b") && !cms_url_path_clean("/\xC3\xA9"),
        "path cleanliness");
+    ok(!cms_url_proxy_problem("") && !cms_url_proxy_problem("proxy:3128") &&
+           !cms_url_proxy_problem("bob:pw@proxy:3128") &&
+           !cms_url_proxy_problem("HTTPS://proxy") &&
+           !cms_url_proxy_problem("socks5h://[::1]:1080") &&
+           !cms_url_proxy_problem("socks4a://u:p%40ss@10.0.0.1"),
+       "proxy: what libcurl takes (none, no scheme, its schemes, userinfo)");
+    ok(cms_url_proxy_problem("socks9://bob:pw@proxy:1") &&
+           cms_url_proxy_problem("ftp://proxy") && cms_url_proxy_problem("http://u:pw@h:99999") &&
+           cms_url_proxy_problem("http://") && cms_url_proxy_problem("http://a b:1") &&
+           !strstr(cms_url_proxy_problem("socks9://bob:pw@proxy:1"), "pw"),
+       "proxy: a scheme libcurl refuses or a URL it cannot parse, never quoted");
 }
 
 static void test_excerpt(void)
