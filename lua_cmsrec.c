@@ -787,6 +787,18 @@ static void config_gateways(lua_State *L, int idx, client *c)
     config_resolve(L, idx, c);
 }
 
+/* A proxy URL libcurl cannot use is refused here, not at each download; the
+   message never quotes it (a password). */
+static void config_proxy(lua_State *L, int idx, client *c)
+{
+    const char *problem;
+
+    c->tc.proxy = dup_opt(L, idx, "proxy");
+    problem = c->tc.proxy ? cms_url_proxy_problem(c->tc.proxy) : NULL;
+    if (problem)
+        luaL_error(L, "cmsrec.new: option 'proxy' %s", problem);
+}
+
 /* CMSREC_DEBUG, read once per client: set and not "0". */
 static int config_debug(void)
 {
@@ -846,7 +858,7 @@ static int l_new(lua_State *L)
     config_signed_headers(L, 1, c);
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
-    c->tc.proxy = dup_opt(L, 1, "proxy");
+    config_proxy(L, 1, c);
     c->tc.user_agent = dup_header_opt(L, 1, "user_agent", CMSREC_USER_AGENT_MAX);
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
@@ -3216,7 +3228,8 @@ static int l_classify(lua_State *L)
             return 1;
         }
         fmt = cms_sniff((const unsigned char *)body, len);
-        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type)) {
+        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type,
+                                      (const unsigned char *)body, len)) {
             scratch_release(L, 5);
             lua_pushstring(L, cms_format_name(fmt));
             return 1;

@@ -1247,6 +1247,21 @@ local SIGNED = {
   { { "host\0" }, false }, { { MB }, false },
 }
 
+-- proxy: what libcurl 7.88's URL parser (CURLU_GUESS_SCHEME, as it parses a
+-- proxy) and its proxy schemes make of each; "" is no proxy.
+local PROXIES = {
+  { "", true }, { "x", true }, { "http://127.0.0.1:1", true }, { "u:p@127.0.0.1:1", true },
+  { "socks5h://[::1]:1080", true }, { "HTTPS://proxy", true }, { "2025-05-30", true },
+  { "socks9://u:p@127.0.0.1:1", false }, { "ftp://h", false }, { "http://h:99999", false },
+  { "/nonexistent", false }, { "/tmp", false }, { " x ", false }, { "a\tb", false },
+  { "a\r\nX-Injected: 1", false }, { "<script>", false }, { "%00", false }, { "\\", false },
+  { "a\0b", false }, { NIL, true },
+}
+local PROXY_VERDICT = {}
+for _, e in ipairs(PROXIES) do
+  if type(e[1]) == "string" then PROXY_VERDICT[e[1]] = e[2] end
+end
+
 -- One option of the configuration: its value, and what it does to the case.
 -- st: {reasons, reach (still talks to the mock), answer (http404), at_download (field)}
 local function config_option(r, ctx, k, valid_pick, st)
@@ -1281,7 +1296,16 @@ local function config_option(r, ctx, k, valid_pick, st)
       ("a"):rep(257), "\226\130\172", NIL, ctx[k] }) or any_value(r)
     if v ~= ctx[k] then st.reach = false end
     st.credentials = true
-  elseif k == "cafile" or k == "capath" or k == "proxy" then
+  elseif k == "proxy" then
+    local e = valid_pick and r.pick(PROXIES) or { any_value(r), "any" }
+    v = e[1]
+    if e[2] == "any" and type(v) == "string" then -- judged by the table, else not generated
+      e = PROXY_VERDICT[v] ~= nil and { v, PROXY_VERDICT[v] } or { "x", true }
+      v = e[1]
+    end
+    if not rawequal(v, NIL) and e[2] ~= true then st.reasons[#st.reasons + 1] = "proxy"
+    elseif not rawequal(v, NIL) then st.reach = false end
+  elseif k == "cafile" or k == "capath" then
     v = valid_pick and r.pick({ "/nonexistent", "", "a\0b", MB, NIL, k == "cafile" and ctx.ca or "/tmp" })
       or any_value(r)
     if not rule_string_nonul(v) then st.reasons[#st.reasons + 1] = k

@@ -77,10 +77,33 @@ static int json_type(const char *ct)
            (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
 }
 
-int cms_is_answer(cms_format fmt, const char *content_type)
+/* 1 if the first byte after blanks can start a JSON value (a literal as far
+   as its bytes came): a body labelled JSON that cannot be JSON (an MP3's
+   "ID3") is a recording with a wrong label. */
+static int json_start(const unsigned char *p, size_t n)
+{
+    static const char *const literals[] = {"true", "false", "null"};
+    size_t i = skip_blank(p, n), k, len;
+
+    if (i == n)
+        return 0;
+    if (p[i] == '{' || p[i] == '[' || p[i] == '"' || p[i] == '-' || (p[i] >= '0' && p[i] <= '9'))
+        return 1;
+    for (k = 0; k < sizeof literals / sizeof literals[0]; k++) {
+        len = strlen(literals[k]);
+        if (n - i < len)
+            len = n - i;
+        if (memcmp(p + i, literals[k], len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int cms_is_answer(cms_format fmt, const char *content_type, const unsigned char *p, size_t n)
 {
     return fmt == CMS_FMT_JSON || fmt == CMS_FMT_TEXT ||
-           (fmt == CMS_FMT_UNKNOWN && content_type && json_type(content_type));
+           (fmt == CMS_FMT_UNKNOWN && content_type && json_type(content_type) &&
+            json_start(p, n));
 }
 
 const char *cms_format_name(cms_format f)

@@ -34,11 +34,12 @@ cms_format cms_sniff(const unsigned char *p, size_t n);
 /* 1 when the first `n` bytes are enough for cms_sniff (or n >= CMS_SNIFF_MAX). */
 int cms_sniff_ready(const unsigned char *p, size_t n);
 const char *cms_format_name(cms_format f);
-/* 1 when a body of format `fmt` is an answer, never a recording: a JSON
-   object, text, or a body of no known format labelled JSON by `content_type`
-   (a bare JSON string or number); WAV and ZIP are recordings whatever the
-   label says. */
-int cms_is_answer(cms_format fmt, const char *content_type);
+/* 1 when a body of format `fmt` (its first `n` bytes at `p`) is an answer,
+   never a recording: a JSON object, text, or a body of no known format
+   labelled JSON by `content_type` whose first byte can start a JSON value (a
+   bare JSON string or number); WAV and ZIP are recordings whatever the label
+   says, and so is a body that cannot be JSON (an MP3's "ID3"). */
+int cms_is_answer(cms_format fmt, const char *content_type, const unsigned char *p, size_t n);
 /* File name extension for a format, without the dot. */
 const char *cms_format_ext(cms_format f);
 

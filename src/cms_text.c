@@ -110,3 +110,83 @@ int cms_text_scrub_tail(char *s, const char *secret, size_t slen)
         }
     return 0;
 }
+
+/* Append p[0..n) to out, keeping room for the NUL. */
+static void emit(char *out, size_t cap, size_t *o, const char *p, size_t n)
+{
+    if (*o + 1 >= cap)
+        return;
+    if (n > cap - 1 - *o)
+        n = cap - 1 - *o;
+    memcpy(out + *o, p, n);
+    *o += n;
+}
+
+static int blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* 1 if in[k] ends "user:pw" scanned back from its '@' when no scheme comes
+   before: a blank, '/', an earlier '@', or a quote that opens a quoted text
+   (a quote within the password does not). */
+static int before_userinfo(const char *in, size_t k)
+{
+    char c = in[k];
+
+    if (c == '\'' || c == '"')
+        return k == 0 || blank(in[k - 1]) || in[k - 1] == '=';
+    return blank(c) || c == '/' || c == '@';
+}
+
+/* Where the userinfo of the "scheme://" ending at `a` ends (its last '@'
+   before a blank, so a raw '@' or quote in the password is covered), or
+   `a` when there is none. */
+static size_t authority_userinfo(const char *in, size_t n, size_t a, int cut)
+{
+    size_t e = a, at = a, i;
+
+    while (e < n && !blank(in[e]))
+        e++;
+    for (i = a; i < e; i++)
+        if (in[i] == '@')
+            at = i;
+    /* cut before its '@': "scheme://user:pw" with no quote or path after */
+    if (at == a && cut && e == n && memchr(in + a, ':', e - a) &&
+        !memchr(in + a, '\'', e - a) && !memchr(in + a, '"', e - a) &&
+        !memchr(in + a, '/', e - a))
+        at = n;
+    return at;
+}
+
+size_t cms_redact_userinfo(const char *in, size_t n, int cut, char *out, size_t cap)
+{
+    static const char mark[] = "<redacted>";
+    size_t i = 0, from = 0, o = 0, k, end;
+
+    if (!cap)
+        return 0;
+    while (i < n) {
+        if (i + 3 <= n && memcmp(in + i, "://", 3) == 0) {
+            end = authority_userinfo(in, n, i + 3, cut);
+            if (end == i + 3) {
+                i += 3;
+                continue;
+            }
+            emit(out, cap, &o, in + from, i + 3 - from);
+            emit(out, cap, &o, mark, sizeof mark - 1);
+            from = i = end;
+        } else if (in[i] == '@') { /* "user:pw@host" without a scheme */
+            for (k = i; k > from && !before_userinfo(in, k - 1); k--)
+                ;
+            emit(out, cap, &o, in + from, k - from);
+            if (k < i)
+                emit(out, cap, &o, mark, sizeof mark - 1);
+            from = i;
+        }
+        i++;
+    }
+    emit(out, cap, &o, in + from, n - from);
+    out[o] = '\0';
+    return o;
+}

@@ -40,4 +40,11 @@ size_t cms_text_scrub(char *p, size_t n, const char *secret, size_t slen);
    secret quoted by a server when its text was cut. Returns 1 if so. */
 int cms_text_scrub_tail(char *s, const char *secret, size_t slen);
 
+/* `n` bytes of `in` into `out` (at most cap - 1 bytes, then a NUL) with the
+   user information of every URL as "<redacted>": "scheme://user:pw@host" and
+   "user:pw@host" (libcurl's notes and errors quote proxy URLs as given). With
+   `cut` (the text may have been cut short), a "scheme://" whose authority runs
+   to the end without an '@' is redacted too. Returns the length written. */
+size_t cms_redact_userinfo(const char *in, size_t n, int cut, char *out, size_t cap);
+
 #endif

@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "cms_classify.h"
+#include "cms_text.h"
 
 #define LINE_MAX_SHOWN 240   /* a header or a note, as shown */
 #define BODY_MAX_SHOWN 1024  /* the request body, an answer's excerpt */
@@ -49,44 +50,84 @@ void cms_trace_redact_auth(const char *v, size_t n, char *out, size_t cap)
     snprintf(out, cap, "%s<redacted>", kept); /* kept ends with '/', ' ' or '=' */
 }
 
-/* A header whose value is a credential (a token, a session). */
+/* A header whose value is a credential (a token, a session): the name's
+   whole length is searched, whatever it is. */
 static int sensitive(const char *name, size_t n)
 {
     static const char *const words[] = {"cookie", "token", "secret", "password", "passwd",
-                                        "api-key", "apikey", "session"};
-    char low[64];
-    size_t i;
+                                        "api-key", "apikey", "session", "authorization"};
+    size_t i, j, len;
 
-    if (n >= sizeof low)
-        n = sizeof low - 1;
-    for (i = 0; i < n; i++)
-        low[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
-    low[n] = '\0';
-    for (i = 0; i < sizeof words / sizeof words[0]; i++)
-        if (strstr(low, words[i]))
-            return 1;
+    for (i = 0; i < sizeof words / sizeof words[0]; i++) {
+        len = strlen(words[i]);
+        for (j = 0; j + len <= n; j++)
+            if (strncasecmp(name + j, words[i], len) == 0)
+                return 1;
+    }
     return 0;
 }
 
-/* One header line (or the request or status line), redacted. */
+/* A request line ("POST /path HTTP/1.1", "CONNECT host:443 HTTP/1.1") or a
+   status line ("HTTP/1.1 200 OK"): shown as it is. */
+static int start_line(const char *p, size_t n)
+{
+    size_t i = 0, sp;
+
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0)
+        return 1;
+    while (i < n && p[i] >= 'A' && p[i] <= 'Z')
+        i++;
+    if (i == 0 || i == n || p[i] != ' ')
+        return 0;
+    for (sp = ++i; sp < n && p[sp] != ' ' && p[sp] != '\t'; sp++)
+        ;
+    return sp > i && sp + 6 <= n && memcmp(p + sp, " HTTP/", 6) == 0 &&
+           !memchr(p + sp + 1, ' ', n - sp - 1) && !memchr(p + sp + 1, '\t', n - sp - 1);
+}
+
+/* A header's name: before the colon, less the blanks before it (RFC 9112
+   forbids them, a lenient peer reads past them); 0 when it is no name. */
+static size_t header_name(const char *p, size_t n)
+{
+    const char *colon = memchr(p, ':', n);
+    size_t len = colon ? (size_t)(colon - p) : 0;
+
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+        len--;
+    if (!len || memchr(p, ' ', len) || memchr(p, '\t', len))
+        return 0;
+    return len;
+}
+
+/* One header line (or the request or status line), redacted. Lines that are
+   neither a start line nor "name: value" (a folded continuation of any
+   header, included) are never shown: each comes in its own libcurl event,
+   so which header they continue is unknown here, and obs-fold is obsolete
+   (RFC 9112 5.2). */
 static void header_line(FILE *out, unsigned id, char dir, const char *p, size_t n)
 {
-    const char *colon = memchr(p, ':', n), *v;
+    const char *v;
     size_t name_len, vlen;
-    char name[64], text[LINE_MAX_SHOWN], line[sizeof name + sizeof text + 2];
+    int folded;
+    char name[LINE_MAX_SHOWN / 2], text[LINE_MAX_SHOWN], line[sizeof name + sizeof text + 2];
 
     while (n && (p[n - 1] == '\r' || p[n - 1] == '\n'))
         n--;
     if (!n)
         return;
-    name_len = colon ? (size_t)(colon - p) : 0;
-    if (!colon || name_len >= sizeof name || memchr(p, ' ', name_len)) {
-        shown(p, n, text, sizeof text); /* a request or status line */
+    folded = p[0] == ' ' || p[0] == '\t';
+    name_len = folded ? 0 : header_name(p, n);
+    if (!name_len) {
+        if (!folded && start_line(p, n))
+            shown(p, n, text, sizeof text);
+        else
+            snprintf(text, sizeof text, "<redacted> (%s)",
+                     folded ? "a folded header line" : "not a header line");
         put(out, id, dir, text);
         return;
     }
     shown(p, name_len, name, sizeof name);
-    for (v = colon + 1; v < p + n && (*v == ' ' || *v == '\t'); v++)
+    for (v = (const char *)memchr(p, ':', n) + 1; v < p + n && (*v == ' ' || *v == '\t'); v++)
         ;
     vlen = (size_t)(p + n - v);
     if ((name_len == 13 && strncasecmp(p, "authorization", 13) == 0) ||
@@ -113,30 +154,18 @@ static void header_block(FILE *out, unsigned id, char dir, const char *p, size_t
     }
 }
 
-/* "scheme://user:password@host" -> "scheme://<redacted>@host", in place: libcurl's
-   notes name proxy URLs (from http_proxy and the like) as they were given. */
-static void redact_userinfo(char *text, size_t cap)
+/* Text with every URL's userinfo redacted (cms_redact_userinfo) before it is
+   cut: libcurl's notes quote proxy URLs as given, and a password can run
+   past any cut. `cut`: the text itself may have been cut by libcurl. */
+static void shown_redacted(const char *p, size_t n, int cut, char *out, size_t cap)
 {
-    static const char mark[] = "<redacted>";
-    char *p = text, *at, *end;
-    size_t rest;
+    char red[BODY_MAX_SHOWN];
+    size_t len;
 
-    while ((p = strstr(p, "://")) != NULL) {
-        p += 3;
-        end = p + strcspn(p, "/ '\"");
-        at = memchr(p, '@', (size_t)(end - p));
-        if (!at)
-            continue;
-        if ((size_t)(p - text) + sizeof mark >= cap)
-            break;
-        rest = strlen(at) + 1;
-        if ((size_t)(p - text) + sizeof mark - 1 + rest > cap)
-            rest = cap - (size_t)(p - text) - (sizeof mark - 1);
-        memmove(p + sizeof mark - 1, at, rest);
-        memcpy(p, mark, sizeof mark - 1);
-        text[cap - 1] = '\0';
-        p += sizeof mark - 1;
-    }
+    while (n && (p[n - 1] == '\r' || p[n - 1] == '\n'))
+        n--;
+    len = cms_redact_userinfo(p, n, cut, red, sizeof red);
+    shown(red, len, out, cap);
 }
 
 void cms_trace_event(FILE *out, unsigned id, curl_infotype type, const char *data,
@@ -146,8 +175,7 @@ void cms_trace_event(FILE *out, unsigned id, curl_infotype type, const char *dat
 
     switch (type) {
     case CURLINFO_TEXT:
-        shown(data, size, text, LINE_MAX_SHOWN);
-        redact_userinfo(text, sizeof text);
+        shown_redacted(data, size, 1, text, LINE_MAX_SHOWN);
         if (*text)
             put(out, id, '*', text);
         break;
@@ -192,7 +220,7 @@ void cms_trace_outcome(FILE *out, unsigned id, const cms_response *r, int rc,
         put(out, id, '<', "body: empty");
     }
     if (rc && err) {
-        shown(err->message, strlen(err->message), text, sizeof text);
+        shown_redacted(err->message, strlen(err->message), 0, text, sizeof text);
         snprintf(line, sizeof line, "failed (%s error): %s", cms_error_kind_name(err->kind),
                  text);
         put(out, id, '*', line);

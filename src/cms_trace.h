@@ -9,7 +9,9 @@
  *
  * The number tells the transfers of a batch apart. Redacted: the signature
  * of Authorization (its scheme and AK stay), the values of cookies and of
- * any header whose name says token, secret or password. Never written: the
+ * any header whose name says token, secret, password, session or
+ * authorization, folded lines and lines that are not headers, and the
+ * user:password@ of URLs in libcurl's notes and the failure. Never written: the
  * SK (C code never formats it), a recording's bytes, TLS records. Answers
  * that are not a recording are shown as a bounded excerpt. Every piece of
  * text is made printable (cms_excerpt) and cut: a server's bytes cannot

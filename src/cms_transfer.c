@@ -1,5 +1,6 @@
 /* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
 #include "cms_transfer.h"
+#include "cms_text.h"
 #include "cms_trace.h"
 #include "cms_gateway.h" /* cms_token, cms_error_scrub: the trace hides a bearer token */
 
@@ -102,7 +103,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     while (v < p + len && (*v == ' ' || *v == '\t'))
         v++;
     vlen = (size_t)(p + len - v);
-    while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+    while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' ' ||
+                    v[vlen - 1] == '\t')) /* OWS is spaces and tabs (RFC 9110 5.6.3) */
         vlen--;
     if (strncasecmp(p, "content-type:", 13) == 0) {
         size_t cap = sizeof ctx->resp->content_type - 1;
@@ -175,7 +177,8 @@ static int decide_route(transfer_ctx *ctx)
     cms_buf *held = &r->body;
 
     r->format = cms_sniff((const unsigned char *)held->data, held->len);
-    if (cms_is_answer(r->format, r->content_type) || ctx->io->answer_max > 0) {
+    if (ctx->io->answer_max > 0 ||
+        cms_is_answer(r->format, r->content_type, (const unsigned char *)held->data, held->len)) {
         ctx->route = ROUTE_ANSWER;
         return 0;
     }
@@ -719,14 +722,27 @@ static const char *tls_hint(const char *what)
     return NULL;
 }
 
+/* libcurl's words for a proxy URL it cannot use (from the proxy option or
+   https_proxy and the like): a bad scheme or syntax, whatever the code. */
+static int proxy_refused(const char *errbuf)
+{
+    return strncmp(errbuf, "Unsupported proxy", 17) == 0;
+}
+
 static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char *url,
                            cms_error *err)
 {
-    cms_error_kind kind = cms_tls_alert(rc, errbuf) ? CMS_E_TLS
-                                                    : answer_error_kind(h, rc, errbuf);
-    const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+    int proxy = proxy_refused(errbuf);
+    cms_error_kind kind = proxy                        ? CMS_E_INVALID
+                          : cms_tls_alert(rc, errbuf) ? CMS_E_TLS
+                                                      : answer_error_kind(h, rc, errbuf);
+    const char *raw = *errbuf ? errbuf : curl_easy_strerror(rc);
+    char what[CURL_ERROR_SIZE + 64];
+    /* libcurl quotes a proxy URL as given, password included; a full errbuf
+       may have been cut before the password's '@' */
+    int n = (int)cms_redact_userinfo(raw, strlen(raw), strlen(raw) >= CURL_ERROR_SIZE - 1,
+                                     what, sizeof what);
     const char *hint = kind == CMS_E_TLS ? tls_hint(what) : NULL;
-    int n = (int)strlen(what);
 
     while (n > 0 && what[n - 1] == ' ') /* some libcurl messages end in a space */
         n--;
@@ -737,6 +753,9 @@ static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char 
     else if (kind == CMS_E_PROTOCOL && rc == CURLE_OUT_OF_MEMORY)
         cms_error_set(err, kind, "the answer of %s went past libcurl's limits (a header "
                       "line over 100 KB?)", url);
+    else if (proxy)
+        cms_error_field(err, "proxy", "the proxy cannot be used (the proxy option, or "
+                        "https_proxy and the like): %.*s", n, what);
     else if (kind == CMS_E_INVALID)
         cms_error_field(err, "base_url", "the URL cannot be used: %.*s", n, what);
     else
@@ -745,7 +764,7 @@ static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char 
                       url, n, what, hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
     err->curl_code = (int)rc;
     /* a handshake cut under TLS is kind network (answer_error_kind): retried */
-    err->retryable = kind != CMS_E_TLS &&
+    err->retryable = kind != CMS_E_TLS && kind != CMS_E_INVALID &&
                      (is_retryable_network(rc) || rc == CURLE_SSL_CONNECT_ERROR);
     return -1;
 }

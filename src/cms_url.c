@@ -117,3 +117,43 @@ const char *cms_url_resolve(const char *base_url, const char *path, int allow_ht
     parts_free(&p);
     return problem;
 }
+
+/* The proxy schemes libcurl documents for CURLOPT_PROXY; none means http. */
+static int proxy_scheme(const char *scheme)
+{
+    static const char *const known[] = {"http", "https", "socks4", "socks4a", "socks5",
+                                        "socks5h"};
+    size_t i;
+
+    for (i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(scheme, known[i]) == 0)
+            return 1;
+    return 0;
+}
+
+const char *cms_url_proxy_problem(const char *proxy)
+{
+    const char *problem = NULL;
+    char *scheme = NULL, *host = NULL;
+    CURLU *u;
+
+    if (!*proxy)
+        return NULL;
+    if (!(u = curl_url()))
+        return "cannot be checked (out of memory)";
+    /* the flags libcurl's own proxy parser uses */
+    if (curl_url_set(u, CURLUPART_URL, proxy, CURLU_NON_SUPPORT_SCHEME | CURLU_GUESS_SCHEME) !=
+            CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
+        problem = "is not a URL libcurl can parse (expected "
+                  "[scheme://][user:password@]host[:port], special characters of the "
+                  "password percent-encoded)";
+    else if (!proxy_scheme(scheme))
+        problem = "has a scheme libcurl cannot use for a proxy (http, https, socks4, socks4a, "
+                  "socks5 or socks5h)";
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return problem;
+}

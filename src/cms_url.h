@@ -21,6 +21,11 @@ const char *cms_url_resolve(const char *base_url, const char *path, int allow_ht
                             cms_url *out);
 void cms_url_free(cms_url *u);
 
+/* NULL if libcurl can use `proxy` as CURLOPT_PROXY ("" is no proxy), else
+   what is wrong with it. It is parsed as libcurl parses it; the text never
+   quotes it (it may hold a password). */
+const char *cms_url_proxy_problem(const char *proxy);
+
 /* 1 if `path` is sent exactly as written: printable ASCII, no space, '?' or '#'. */
 int cms_url_path_clean(const char *path);
 

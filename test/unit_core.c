@@ -235,14 +235,26 @@ static void test_classify(void)
     ok(cms_sniff((const unsigned char *)"RIFF", 4) == CMS_FMT_UNKNOWN, "short RIFF is unknown");
     ok(cms_sniff((const unsigned char *)"ID3x", 4) == CMS_FMT_UNKNOWN, "sniff unknown");
     /* a bare JSON value labelled JSON is an answer; WAV and ZIP stay recordings */
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8"), "JSON-typed is an answer");
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "Application/JSON ; q=1"), "media type case-insensitive");
-    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/problem+json"), "+json is an answer");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/octet-stream"), "octet-stream is not");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/jsonx"), "jsonx is not JSON");
-    ok(!cms_is_answer(CMS_FMT_UNKNOWN, ""), "no content type: a recording");
-    ok(!cms_is_answer(CMS_FMT_WAV, "application/json"), "a WAV labelled JSON is a recording");
-    ok(cms_is_answer(CMS_FMT_TEXT, "audio/wav"), "text is an answer whatever the label");
+#define ANSWER(fmt, ct, body) cms_is_answer(fmt, ct, (const unsigned char *)body, strlen(body))
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8", "\"text\""),
+       "JSON-typed string is an answer");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "Application/JSON ; q=1", " 1"), "media type case-insensitive");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/problem+json", "-2"), "+json is an answer");
+    ok(ANSWER(CMS_FMT_UNKNOWN, "application/json", "\xEF\xBB\xBF null") &&
+       ANSWER(CMS_FMT_UNKNOWN, "application/json", "true") &&
+       ANSWER(CMS_FMT_UNKNOWN, "application/json", "fal"),
+       "JSON literals (as far as they came) are answers");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/octet-stream", "1"), "octet-stream is not");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/jsonx", "1"), "jsonx is not JSON");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "", "1"), "no content type: a recording");
+    ok(!ANSWER(CMS_FMT_WAV, "application/json", "RIFF"), "a WAV labelled JSON is a recording");
+    ok(ANSWER(CMS_FMT_TEXT, "audio/wav", "<html>"), "text is an answer whatever the label");
+    ok(!ANSWER(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8", "ID3\x04\0\0\0\0\x01\x02") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "\xFF\xFB\x90\x64") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "fLaC\0\0\0\x22") &&
+       !ANSWER(CMS_FMT_UNKNOWN, "application/json", "nope"),
+       "a body labelled JSON that cannot start a JSON value is a recording");
+#undef ANSWER
 
     cms_error_clear(&err);
     cms_classify_status(401, "bad", -1, &err);
@@ -343,6 +355,17 @@ static void test_url(void)
     ok(cms_url_path_clean("/rest/cmsapp/v1") && !cms_url_path_clean("/a b") &&
            !cms_url_path_clean("/a?b") && !cms_url_path_clean("/\xC3\xA9"),
        "path cleanliness");
+    ok(!cms_url_proxy_problem("") && !cms_url_proxy_problem("proxy:3128") &&
+           !cms_url_proxy_problem("bob:pw@proxy:3128") &&
+           !cms_url_proxy_problem("HTTPS://proxy") &&
+           !cms_url_proxy_problem("socks5h://[::1]:1080") &&
+           !cms_url_proxy_problem("socks4a://u:p%40ss@10.0.0.1"),
+       "proxy: what libcurl takes (none, no scheme, its schemes, userinfo)");
+    ok(cms_url_proxy_problem("socks9://bob:pw@proxy:1") &&
+           cms_url_proxy_problem("ftp://proxy") && cms_url_proxy_problem("http://u:pw@h:99999") &&
+           cms_url_proxy_problem("http://") && cms_url_proxy_problem("http://a b:1") &&
+           !strstr(cms_url_proxy_problem("socks9://bob:pw@proxy:1"), "pw"),
+       "proxy: a scheme libcurl refuses or a URL it cannot parse, never quoted");
 }
 
 static void test_excerpt(void)
@@ -569,6 +592,21 @@ static void test_trace(void)
     const char *body[] = {"{\"callID\":\"1748587841-77268\"}"};
     const char *notes[] = {"Uses proxy env variable https_proxy == 'http://bob:pr0xy-pw@proxy:3128'\n",
                            "Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n"};
+    const char *odd_answer[] = {
+        "X-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-Token: S1\r\n",
+        "Set-Cookie \t: sid=S2\r\n", "X-Auth-Token: part1\r\n", " S3\r\n", "\tS4\r\n",
+        "garbage S5\r\n", "X-Authorization-Info: S6\r\n", "HTTP/1.1 200 OK: fine\r\n",
+        "X-Note: shown\r\nX Token: S7\r\n"};
+    const char *connect[] = {"CONNECT 10.0.0.1:443 HTTP/1.1\r\n"
+                             "Proxy-Authorization: Basic Ym9iOnB3\r\n\r\n"};
+    const char *proxy_notes[] = {
+        "Uses proxy env variable https_proxy == 'bob:S8@proxy:3128'\n",
+        "Uses proxy env variable https_proxy == 'http://u:S9xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxx@127.0.0.1:1'\n",
+        "Unsupported proxy scheme for 'socks9://u:S10xxxxxxxxxxxxxxxxxxxx\n",
+        "Uses proxy env variable http_proxy == 'http://proxy:3128'\n"};
     const char *answer_body = "  {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n";
     const char *sdk = "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, "
                       "Signature=abcdef0123";
@@ -576,7 +614,7 @@ static void test_trace(void)
     cms_response r;
     cms_error e;
     FILE *f;
-    size_t got;
+    size_t got, n;
 
     trace_of(request, 1, CURLINFO_HEADER_OUT, out, sizeof out);
     ok(strstr(out, "cmsrec[1a2b] > POST /rest/cmsapp/v1/ping HTTP/1.1\n") &&
@@ -605,6 +643,42 @@ static void test_trace(void)
     trace_of(body, 1, CURLINFO_SSL_DATA_IN, out, sizeof out);
     ok_str(out, "", "trace: TLS records never");
 
+#define REDACT(text, cut, cap) (n = cms_redact_userinfo(text, strlen(text), cut, red, cap))
+    trace_of(odd_answer, 9, CURLINFO_HEADER_IN, out, sizeof out);
+    ok(!strstr(out, "S1") && !strstr(out, "S2") && !strstr(out, "S3") && !strstr(out, "S4") &&
+           !strstr(out, "S5") && !strstr(out, "S6") && !strstr(out, "S7"),
+       "trace: no credential header value, whatever its name's length or blanks");
+    ok(strstr(out, "< X-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-Token: "
+                   "<redacted>\n") && strstr(out, "< Set-Cookie: <redacted>\n") &&
+           strstr(out, "< X-Auth-Token: <redacted>\n") &&
+           strstr(out, "< <redacted> (a folded header line)\n") &&
+           strstr(out, "< <redacted> (not a header line)\n") &&
+           strstr(out, "< X-Authorization-Info: <redacted>\n") &&
+           strstr(out, "< HTTP/1.1 200 OK: fine\n") && strstr(out, "< X-Note: shown\n"),
+       "trace: long names, a blank before the colon, folded and odd lines");
+    trace_of(connect, 1, CURLINFO_HEADER_OUT, out, sizeof out);
+    ok_str(out, "cmsrec[1a2b] > CONNECT 10.0.0.1:443 HTTP/1.1\n"
+                "cmsrec[1a2b] > Proxy-Authorization: Basic <redacted>\n",
+           "trace: a CONNECT request line as it is");
+    trace_of(proxy_notes, 4, CURLINFO_TEXT, out, sizeof out);
+    ok(!strstr(out, "S8") && !strstr(out, "S9") && !strstr(out, "S10") &&
+           strstr(out, "* Uses proxy env variable https_proxy == '<redacted>@proxy:3128'\n") &&
+           strstr(out, "* Unsupported proxy scheme for 'socks9://<redacted>\n") &&
+           strstr(out, "* Uses proxy env variable http_proxy == 'http://proxy:3128'\n"),
+       "trace: proxy credentials without a scheme, past the cut, in a cut note; none");
+
+    REDACT("'http://u:p@ss@h' and 'v:p'q@h' x://u:p/q@h", 0, sizeof red);
+    ok_str(red, "'http://<redacted>@h' and '<redacted>@h' x://<redacted>@h",
+           "redact: a raw '@', quote or '/' in the password, schemeless forms");
+    ok(n == strlen(red), "redact: the length written");
+    REDACT("see http://u:secret@h", 0, 15);
+    ok_str(red, "see http://<re", "redact: a small buffer cuts after the redaction");
+    REDACT("'http://proxy:3128' a@", 1, sizeof red);
+    ok_str(red, "'http://proxy:3128' <redacted>@", "redact: a URL without userinfo kept");
+    REDACT("for 'socks9://u:secr", 0, sizeof red);
+    ok_str(red, "for 'socks9://u:secr", "redact: uncut text keeps a URL without '@'");
+#undef REDACT
+
     cms_trace_redact_auth(sdk, strlen(sdk), red, sizeof red);
     ok_str(red, "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, Signature=<redacted>",
            "trace: SDK-HMAC-SHA256 keeps all but the signature");
@@ -625,6 +699,9 @@ static void test_trace(void)
         r.sunk = 0;
         cms_buf_append(&r.body, answer_body, strlen(answer_body));
         cms_trace_outcome(f, 0x1a2b, &r, 0, &e);
+        cms_error_set(&e, CMS_E_NETWORK, "the request failed: Could not resolve proxy: "
+                      "'u:S11@nowhere' (http://v:S12@nowhere)");
+        cms_trace_outcome(f, 0x1a2b, &r, -1, &e);
         rewind(f);
         got = fread(out, 1, sizeof out - 1, f);
         out[got] = '\0';
@@ -634,6 +711,10 @@ static void test_trace(void)
        "trace: a recording only by its format and size");
     ok(strstr(out, "< body (57 bytes): {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n")
        != NULL, "trace: an answer as a one-line excerpt");
+    ok(!strstr(out, "S11") && !strstr(out, "S12") &&
+           strstr(out, "* failed (network error): the request failed: Could not resolve proxy: "
+                       "'<redacted>@nowhere' (http://<redacted>@nowhere)\n"),
+       "trace: the failed line with URL credentials redacted");
     cms_response_free(&r);
 }
 
