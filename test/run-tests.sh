@@ -76,9 +76,11 @@ for cmdline in /proc/[0-9]*/cmdline; do
     *mock_cms.py\ --state-dir\ /tmp/cmsrec-*)
         dir=${args#*--state-dir }
         dir=${dir%% *}
-        if [ ! -d "$dir" ]; then
-            pid=${cmdline#/proc/}
-            kill "${pid%/cmdline}" 2>/dev/null
+        pid=${cmdline#/proc/}
+        pid=${pid%/cmdline}
+        # Seen from the mock's own root: one in a chroot or container is not ours.
+        if [ ! -d "/proc/$pid/root$dir" ]; then
+            kill "$pid" 2>/dev/null
             orphans=$((orphans + 1))
         fi ;;
     esac
