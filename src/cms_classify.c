@@ -47,8 +47,11 @@ int cms_sniff_ready(const unsigned char *p, size_t n)
 
 void cms_excerpt(const char *p, size_t n, char *out, size_t cap)
 {
-    size_t start = skip_blank((const unsigned char *)p, n), i, keep, bad;
+    size_t start, i, keep, bad;
 
+    if (!p) /* no body came: its buffer was never allocated (NULL + 0 is UB) */
+        p = "", n = 0;
+    start = skip_blank((const unsigned char *)p, n);
     p += start;
     n -= start;
     for (i = 0; i < n && i + 1 < cap && p[i] != '\r' && p[i] != '\n'; i++)

@@ -324,6 +324,20 @@ static void test_url(void)
     ok(cms_url_resolve("https://user:pw@h", "/p", 0, &u) != NULL, "credentials are refused");
     ok(cms_url_resolve("https://h/caf\xC3\xA9", "/p", 0, &u) != NULL,
        "a non-ASCII path prefix is refused (it would be escaped on the wire)");
+    /* found by fuzz/fuzz_url: a host that is not ASCII went into the Host
+       header and the signature as raw bytes (libcurl connects to its IDN form) */
+    ok(cms_url_resolve("https://h\xC3\xA9.example:8443", "/p", 0, &u) != NULL && !u.host,
+       "a non-ASCII host name is refused (the Host header would not be what is sent)");
+    ok(cms_url_resolve("https:///10.226.\xB1/gw", "/p", 0, &u) != NULL && !u.host,
+       "a host with a byte that is not UTF-8 is refused");
+    /* found by fuzz/fuzz_url: libcurl decodes %XX in a host name, so the URL
+       sent named "%41" as the Host header and libcurl connected to "A" */
+    ok(cms_url_resolve("https://%2541.example", "/p", 0, &u) != NULL && !u.host,
+       "a percent-encoded host name is refused (Host would differ from the host reached)");
+    ok(cms_url_resolve("https://0%31:8443", "/p", 0, &u) != NULL && !u.host,
+       "a host that libcurl reads as another once decoded is refused (01 is 0.0.0.1)");
+    resolve("https://%41.example", 0, "https://A.example/rest/x", "A.example", "/rest/x",
+            "a host escaped once is sent, and signed, as decoded");
     ok(cms_url_path_clean("/rest/cmsapp/v1") && !cms_url_path_clean("/a b") &&
            !cms_url_path_clean("/a?b") && !cms_url_path_clean("/\xC3\xA9"),
        "path cleanliness");
@@ -345,6 +359,25 @@ static void test_excerpt(void)
     ok_str(out, "bad ?31m", "excerpt masks C1 controls (U+009B is the terminal's CSI)");
     cms_excerpt("\xB4\xED" " GBK text", 11, out, sizeof out);
     ok_str(out, "?? GBK text", "excerpt shows text with a few bytes not UTF-8");
+}
+
+/* Found by fuzz/fuzz_classify: an answer with no body at all (HTTP 304, a
+   503 without one) leaves the body buffer NULL; the excerpt of it offset
+   that NULL pointer (undefined behaviour, clang's UBSan stops there). */
+static void test_empty_answer(void)
+{
+    cms_response r;
+    cms_error e;
+    char out[16] = "x";
+
+    cms_excerpt(NULL, 0, out, sizeof out);
+    ok_str(out, "", "the excerpt of no body at all is empty");
+    cms_response_init(&r);
+    r.status = 503;
+    cms_error_clear(&e);
+    ok(cms_classify_answer(&r, NULL, NULL, &e) == -1 && e.kind == CMS_E_HTTP && e.retryable,
+       "a 503 without a body is a retryable http error");
+    ok_str(e.message, "the CMS answered HTTP 503", "its message has no excerpt");
 }
 
 static void test_text(void)
@@ -429,6 +462,7 @@ int main(void)
     test_mem_sink();
     test_url();
     test_excerpt();
+    test_empty_answer();
     test_text();
     test_retry_policy();
     test_rate();
