@@ -1,7 +1,8 @@
 /*
  * fuzz_request: the request validator and the JSON body builder
  * (cms_request_validate, cms_request_build), plus the UTF-8 and date-time
- * checks they rest on, each against an independent reference.
+ * checks they rest on, each against an independent reference, and the
+ * "did you mean" hint for an unknown key (the first field taken as a key).
  *
  * Input: one control byte, then the five fields in the documented order
  * (callID, workNo, beginTime, callerNo, calleeNo) separated by 0xFF, a byte
@@ -202,6 +203,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(cms_datetime14_valid(r.value[CMS_F_BEGINTIME], r.len[CMS_F_BEGINTIME]) ==
               datetime_ref(r.value[CMS_F_BEGINTIME], r.len[CMS_F_BEGINTIME]));
 
+    if (r.value[0]) { /* the first field as an unknown key: a "did you mean" hint */
+        char *name = strndup(r.value[0], r.len[0]);
+        const char *hint;
+        CHECK(name != NULL);
+        hint = cms_suggest(name, cms_request_fields, CMS_F__COUNT);
+        CHECK(!hint || known_field(hint));
+        CHECK(!known_field(name) || (hint && strcmp(hint, name) == 0));
+        free(name);
+    }
     cms_error_clear(&verr);
     vrc = cms_request_validate(&r, &verr);
     cms_error_clear(&err);
