@@ -89,7 +89,8 @@ static int entries(const char *path, const char *only)
     return n;
 }
 
-/* Every regular file under out/ is one of the members; counted in *files. */
+/* Every file under out/ is a member, every directory a parent of one;
+   files counted in walk_files. */
 static const cms_zip_list *walk_list;
 static size_t walk_files;
 
@@ -99,8 +100,16 @@ static int check_entry(const char *path, const struct stat *st, int flag, struct
 
     (void)ftw;
     CHECK(strncmp(path, dest, n) == 0 && (path[n] == '\0' || path[n] == '/'));
-    if (flag == FTW_D || flag == FTW_DP)
+    if (flag == FTW_D && path[n] == '\0')
         return 0;
+    if (flag == FTW_D) { /* a parent of a member: no staging directory left */
+        size_t len = strlen(path + n + 1);
+        for (i = 0; i < walk_list->n; i++)
+            if (strncmp(walk_list->items[i].name, path + n + 1, len) == 0 &&
+                walk_list->items[i].name[len] == '/')
+                return 0;
+        CHECK(!"a directory that no member needs");
+    }
     CHECK(flag == FTW_F && S_ISREG(st->st_mode)); /* no links, devices, FIFOs */
     for (i = 0; i < walk_list->n; i++)
         if (strcmp(path + n + 1, walk_list->items[i].name) == 0)

@@ -48,6 +48,11 @@ crash_lines() {
         grep -v 'fuzzer::\|libc\.so\|libc_start\|_start (' | head -n 20
 }
 
+# A harness's dictionary, fuzz/NAME.dict, when it has one.
+dict() {
+    [ -f "fuzz/$1.dict" ] && echo "-dict=fuzz/$1.dict"
+}
+
 n=0 failed=0
 for name in "$@"; do
     n=$((n + 1))
@@ -61,7 +66,7 @@ for name in "$@"; do
     log=build/fuzz/$name.log
     if [ $smoke = 1 ]; then
         out=$(mktemp -d /tmp/cmsrec-fuzz-smoke.XXXXXX)
-        "$bin" -runs="${FUZZ_RUNS:-50000}" -max_total_time=10 -timeout=10 \
+        "$bin" -runs="${FUZZ_RUNS:-50000}" -max_total_time=10 -timeout=10 $(dict "$name") \
             -max_len="$(max_len "$name")" -artifact_prefix="build/fuzz/$name-" \
             "$out" "fuzz/corpus/$name" >"$log" 2>&1
         rc=$?
@@ -80,7 +85,8 @@ for name in "$@"; do
     fi
     mkdir -p "build/fuzz/corpus-$name"
     echo "== fuzz_$name for ${FUZZ_SECONDS:-60} s (log: $log)"
-    "$bin" -max_total_time="${FUZZ_SECONDS:-60}" -timeout=25 -max_len="$(max_len "$name")" \
+    "$bin" -max_total_time="${FUZZ_SECONDS:-60}" -timeout=25 $(dict "$name") \
+        -max_len="$(max_len "$name")" \
         -print_final_stats=1 -artifact_prefix="build/fuzz/$name-" \
         "build/fuzz/corpus-$name" "fuzz/corpus/$name" >"$log" 2>&1
     rc=$?
