@@ -28,7 +28,8 @@ DEPCFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS     = $(shell pkg-config --libs libcurl openssl libzip 2>/dev/null)
 CORE_SRC    = src/cms_buf.c src/cms_error.c src/cms_sign.c src/cms_request.c \
               src/cms_classify.c src/cms_transfer.c src/cms_sink.c src/cms_zip.c \
-              src/cms_url.c src/cms_text.c src/cms_fs.c src/cms_job.c
+              src/cms_url.c src/cms_text.c src/cms_fs.c src/cms_job.c \
+              src/cms_secret.c src/cms_trace.c
 CORE_HDR    = $(wildcard src/*.h)
 MODULE_SRC  = lua_cmsrec.c $(CORE_SRC)
 ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -30,6 +30,7 @@
 #include "src/cms_error.h"
 #include "src/cms_job.h"
 #include "src/cms_request.h"
+#include "src/cms_secret.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
 #include "src/cms_text.h"
@@ -43,6 +44,9 @@
 #define CMSREC_DEFAULT_RETRIES 2
 #define CMSREC_DEFAULT_STALL_S 120 /* no byte for this long: the transfer is stalled */
 #define CMSREC_CONTENT_TYPE "application/json;charset=UTF-8"
+#define CMSREC_AK_MAX 256          /* bytes: the AK goes into the Authorization header */
+#define CMSREC_USER_AGENT_MAX 1024 /* bytes: a header */
+#define CMSREC_PATH_MAX 2048       /* bytes of the path sent, base_url's and `path` */
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
@@ -64,8 +68,8 @@ typedef struct client {
     char *path;         /* the path exactly as sent and signed */
     char *host;         /* the Host header, the authority as written */
     char *ak;
-    unsigned char *sk;  /* wiped with OPENSSL_cleanse on close */
-    size_t sk_len;
+    cms_secret sk;      /* in pages of its own, wiped on close (cms_secret.h) */
+    cms_secret key_password; /* sslkey_password, likewise; tc.key_password points here */
     cms_transfer_config tc; /* its strings are owned here */
     long long max_size; /* in-memory downloads */
     int retries;        /* retries of a failed attempt, by default */
@@ -98,12 +102,9 @@ static void client_release(lua_State *L, client *c)
         curl_share_cleanup(c->tc.share);
     c->tc.share = NULL;
     cms_conn_set_free(&c->conns);
-    if (c->sk) {
-        OPENSSL_cleanse(c->sk, c->sk_len);
-        free(c->sk);
-        c->sk = NULL;
-        c->sk_len = 0;
-    }
+    cms_secret_free(&c->sk);
+    cms_secret_free(&c->key_password);
+    c->tc.key_password = NULL;
     free_str(&c->url);
     free_str(&c->path);
     free_str(&c->host);
@@ -112,6 +113,9 @@ static void client_release(lua_State *L, client *c)
     free_str((char **)&c->tc.capath);
     free_str((char **)&c->tc.proxy);
     free_str((char **)&c->tc.user_agent);
+    free_str((char **)&c->tc.sslcert);
+    free_str((char **)&c->tc.sslkey);
+    free_str((char **)&c->tc.pinnedpubkey);
     c->closed = 1;
 }
 
@@ -222,7 +226,7 @@ static const char *const config_keys[] = {
     "base_url", "ak", "sk", "path", "signed_headers", "cafile", "capath",
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
     "authorization", "allow_http", "max_size", "stall_timeout", "reuse", "retries",
-    "max_rate",
+    "max_rate", "sslcert", "sslkey", "sslkey_password", "pinnedpubkey", "tls_min",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -238,12 +242,14 @@ static void check_keys(lua_State *L, int idx, const char *what,
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         const char *k, *hint;
-        size_t i;
+        size_t i, len;
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "%s: option names must be strings, got a %s key", what,
                        luaL_typename(L, -1));
-        k = lua_tostring(L, -1);
+        k = lua_tolstring(L, -1, &len);
+        if (strlen(k) != len) /* "timeout\0x" is not timeout */
+            luaL_error(L, "%s: option names must not contain NUL bytes", what);
         for (i = 0; i < nkeys; i++)
             if (strcmp(k, keys[i]) == 0)
                 break;
@@ -254,6 +260,18 @@ static void check_keys(lua_State *L, int idx, const char *what,
             luaL_error(L, "%s: unknown option '%s' (did you mean '%s'?)", what, k, hint);
         luaL_error(L, "%s: unknown option '%s'", what, k);
     }
+}
+
+/* 1 if s[0..n) has a control byte (C0, NUL included, or DEL): it cannot be
+   sent in a header or a request line. */
+static int has_ctl(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7F)
+            return 1;
+    return 0;
 }
 
 /* Optional string option: NULL when absent; raises on a wrong type. */
@@ -383,6 +401,18 @@ static char *dup_opt(lua_State *L, int idx, const char *key)
     return dup_or_raise(L, s, s ? strlen(s) : 0);
 }
 
+/* A string option sent as a header: no control characters, at most `max` bytes. */
+static char *dup_header_opt(lua_State *L, int idx, const char *key, size_t max)
+{
+    size_t n = 0;
+    const char *s = opt_string(L, idx, "cmsrec.new", key, &n);
+
+    if (s && (has_ctl(s, n) || n > max))
+        luaL_error(L, "cmsrec.new: option '%s' goes into a request header: it must have no "
+                      "control characters and at most %d bytes", key, (int)max);
+    return dup_or_raise(L, s, n);
+}
+
 /* ===== CONFIG ===== */
 
 /* base_url + path -> c->url, c->path, c->host. */
@@ -408,6 +438,9 @@ static void config_url(lua_State *L, int idx, client *c)
     c->url = u.url;
     c->host = u.host;
     c->path = u.path;
+    if (strlen(c->path) > CMSREC_PATH_MAX) /* servers refuse such request lines */
+        luaL_error(L, "cmsrec.new: options 'base_url' and 'path' make a path of %d bytes "
+                      "(at most %d)", (int)strlen(c->path), CMSREC_PATH_MAX);
 }
 
 static void config_signed_headers(lua_State *L, int idx, client *c)
@@ -427,11 +460,12 @@ static void config_signed_headers(lua_State *L, int idx, client *c)
     c->signed_headers = 0;
     for (i = 1; i <= n; i++) {
         const char *h, *hint;
+        size_t hlen = 0;
         int bit = 0, j;
         lua_rawgeti(L, -1, (int)i);
-        h = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        h = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &hlen) : "";
         for (j = 0; j < 3; j++)
-            if (strcmp(h, names[j]) == 0)
+            if (strcmp(h, names[j]) == 0 && strlen(h) == hlen)
                 bit = 1 << j;
         if (!bit) {
             hint = cms_suggest(h, names, 3);
@@ -467,11 +501,98 @@ static void config_credentials(lua_State *L, int idx, client *c)
         luaL_error(L, "cmsrec.new: option 'ak' is required (or set CMSREC_AK)");
     if (!sk || !sk_len)
         luaL_error(L, "cmsrec.new: option 'sk' is required (or set CMSREC_SK)");
-    if (strlen(ak) != ak_len || strchr(ak, '/'))
-        luaL_error(L, "cmsrec.new: option 'ak' must not contain '/' or NUL bytes");
+    if (has_ctl(ak, ak_len) || memchr(ak, '/', ak_len) || ak_len > CMSREC_AK_MAX)
+        luaL_error(L, "cmsrec.new: option 'ak' goes into the Authorization header: it must "
+                      "have no '/' or control characters and at most %d bytes", CMSREC_AK_MAX);
     c->ak = dup_or_raise(L, ak, ak_len);
-    c->sk = (unsigned char *)dup_or_raise(L, sk, sk_len);
-    c->sk_len = sk_len;
+    if (cms_secret_set(&c->sk, sk, sk_len) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for the SK: %s", strerror(errno));
+}
+
+/* A file option: a readable file, or raise naming the option (a typo in a
+   path is a configuration error, found at new rather than at the first call). */
+static char *config_file(lua_State *L, int idx, const char *key)
+{
+    char *path = dup_opt(L, idx, key);
+    struct stat st;
+    const char *why = NULL;
+
+    if (path && (access(path, R_OK) != 0 || stat(path, &st) != 0))
+        why = strerror(errno);
+    else if (path && S_ISDIR(st.st_mode))
+        why = "it is a directory";
+    if (why) {
+        lua_pushfstring(L, "cmsrec.new: option '%s': cannot read '%s': %s", key, path, why);
+        free(path);
+        lua_error(L);
+    }
+    return path;
+}
+
+/* "sha256//<44 base64 characters>" entries, ';' between them, or a file. */
+static int pin_hashes_valid(const char *s)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n;
+
+    for (;;) {
+        if (strncmp(s, "sha256//", 8) != 0)
+            return 0;
+        s += 8;
+        n = strspn(s, b64);
+        if (n != 43 || s[n] != '=')
+            return 0;
+        s += n + 1;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != ';')
+            return 0;
+    }
+}
+
+static void config_pin(lua_State *L, int idx, client *c)
+{
+    const char *pin = opt_cstring(L, idx, "cmsrec.new", "pinnedpubkey");
+
+    if (pin && strncmp(pin, "sha256//", 8) == 0) {
+        if (!pin_hashes_valid(pin))
+            luaL_error(L, "cmsrec.new: option 'pinnedpubkey' must be \"sha256//<base64 of "
+                          "the SHA-256 of the public key>\" (44 characters), several joined "
+                          "with ';', or the path of a PEM or DER public key file");
+        c->tc.pinnedpubkey = dup_or_raise(L, pin, strlen(pin));
+    } else if (pin) {
+        c->tc.pinnedpubkey = config_file(L, idx, "pinnedpubkey");
+    }
+}
+
+/* sslcert, sslkey, sslkey_password, pinnedpubkey, tls_min. */
+static void config_tls(lua_State *L, int idx, client *c)
+{
+    size_t n = 0;
+    const char *v = opt_cstring(L, idx, "cmsrec.new", "tls_min");
+    const char *password = opt_string(L, idx, "cmsrec.new", "sslkey_password", &n);
+
+    if (v && strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0)
+        luaL_error(L, "cmsrec.new: option 'tls_min' must be \"1.2\" (the default) or "
+                      "\"1.3\"");
+    c->tc.tls_min = v && strcmp(v, "1.3") == 0 ? (long)CURL_SSLVERSION_TLSv1_3
+                                               : (long)CURL_SSLVERSION_TLSv1_2;
+    c->tc.sslcert = config_file(L, idx, "sslcert");
+    c->tc.sslkey = config_file(L, idx, "sslkey");
+    if (c->tc.sslkey && !c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey' needs 'sslcert' (the certificate of "
+                      "that key)");
+    config_pin(L, idx, c);
+    if (!password)
+        return;
+    if (!c->tc.sslcert)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' needs 'sslcert' (and 'sslkey')");
+    if (strlen(password) != n)
+        luaL_error(L, "cmsrec.new: option 'sslkey_password' must not contain NUL bytes");
+    if (cms_secret_set(&c->key_password, password, n) != 0)
+        luaL_error(L, "cmsrec.new: cannot map memory for 'sslkey_password': %s",
+                   strerror(errno));
+    c->tc.key_password = (const char *)c->key_password.data;
 }
 
 /* stall_timeout: seconds, default CMSREC_DEFAULT_STALL_S; false turns it off. */
@@ -486,6 +607,14 @@ static long config_stall_timeout(lua_State *L, int idx)
     if (t == LUA_TNIL)
         return CMSREC_DEFAULT_STALL_S;
     return (opt_seconds(L, idx, "cmsrec.new", "stall_timeout") + 999) / 1000;
+}
+
+/* CMSREC_DEBUG, read once per client: set and not "0". */
+static int config_debug(void)
+{
+    const char *v = getenv("CMSREC_DEBUG");
+
+    return v && *v && strcmp(v, "0") != 0;
 }
 
 static int l_new(lua_State *L)
@@ -539,10 +668,12 @@ static int l_new(lua_State *L)
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
     c->tc.proxy = dup_opt(L, 1, "proxy");
-    c->tc.user_agent = dup_opt(L, 1, "user_agent");
+    c->tc.user_agent = dup_header_opt(L, 1, "user_agent", CMSREC_USER_AGENT_MAX);
     if (!c->tc.user_agent)
         c->tc.user_agent = dup_or_raise(L, "cmsrec/" CMSREC_VERSION,
                                         strlen("cmsrec/" CMSREC_VERSION));
+    config_tls(L, 1, c);
+    c->tc.debug = config_debug();
     config_credentials(L, 1, c); /* last: no later check can leave an SK copy behind */
 
     c->tc.conns = &c->conns;
@@ -681,10 +812,15 @@ static int read_request(lua_State *L, int idx, cms_request *r,
             return -1;
         }
         k = lua_tostring(L, -2);
+        if (strlen(k) != lua_rawlen(L, -2)) { /* "callID\0x" is not callID */
+            cms_error_field(err, "request", "request field names must not contain NUL bytes");
+            lua_pop(L, 2);
+            return -1;
+        }
         f = cms_request_field_index(k);
         if (f < 0) {
             hint = cms_suggest(k, cms_request_fields, CMS_F__COUNT);
-            cms_error_field(err, k, "unknown request field '%.64s'%s%s%s", k,
+            cms_error_field(err, *k ? k : "request", "unknown request field '%.64s'%s%s%s", k,
                             hint ? " (did you mean " : "", hint ? hint : "",
                             hint ? "?)" : "");
             lua_pop(L, 2);
@@ -733,12 +869,11 @@ static int call_authorization(lua_State *L, int cl, client *c, scratch *s,
         return -1;
     }
     *auth = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (!*auth || !**auth || strlen(*auth) != lua_rawlen(L, -1) ||
-        strpbrk(*auth, "\r\n")) {
+    if (!*auth || !**auth || has_ctl(*auth, lua_rawlen(L, -1))) {
         lua_pop(L, 1);
         return cms_error_field(err, "authorization",
                                "the authorization function must return a non-empty "
-                               "single-line string");
+                               "string without control characters");
     }
     return 0; /* the string stays on the stack until the download returns */
 }
@@ -762,8 +897,8 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
     memset(&in, 0, sizeof in);
     in.ak = c->ak;
-    in.sk = c->sk;
-    in.sk_len = c->sk_len;
+    in.sk = c->sk.data;
+    in.sk_len = c->sk.len;
     in.method = "POST";
     in.path = c->path;
     in.headers = h;
@@ -774,14 +909,16 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
     return cms_sign(&in, &s->sig, err);
 }
 
+/* `option`: what the value comes from, named when it is too long. */
 static int add_header(struct curl_slist **list, const char *name, const char *value,
-                      cms_error *err)
+                      const char *option, cms_error *err)
 {
     char line[1024];
     struct curl_slist *l;
 
     if ((size_t)snprintf(line, sizeof line, "%s: %s", name, value) >= sizeof line)
-        return cms_error_set(err, CMS_E_INVALID, "the %s header is too long", name);
+        return cms_error_field(err, option, "the %s header is too long (from '%s')", name,
+                               option);
     l = curl_slist_append(*list, line);
     OPENSSL_cleanse(line, sizeof line);
     if (!l)
@@ -792,11 +929,13 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
 
 static int build_headers(scratch *s, client *c, const char *auth, cms_error *err)
 {
-    return add_header(&s->headers, "Host", c->host, err) ||
-           add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, err) ||
-           add_header(&s->headers, "Authorization", auth, err) ||
+    const char *auth_from = c->has_authorization ? "authorization" : "ak";
+
+    return add_header(&s->headers, "Host", c->host, "base_url", err) ||
+           add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
+           add_header(&s->headers, "Authorization", auth, auth_from, err) ||
            /* no "Expect: 100-continue" round trip for a small JSON body */
-           add_header(&s->headers, "Expect", "", err) ? -1 : 0;
+           add_header(&s->headers, "Expect", "", "", err) ? -1 : 0;
 }
 
 /* Decode a JSON body with cjson; leaves a table on the stack or returns 0. */

@@ -1,5 +1,6 @@
 /* cms_request: request validation and body assembly (see cms_request.h). */
 #include "cms_request.h"
+#include "cms_text.h"
 
 #include <string.h>
 #include <strings.h>
@@ -91,21 +92,24 @@ int cms_datetime14_valid(const char *s, size_t n)
            digits(s + 12, 2) <= 59;
 }
 
+/* Valid UTF-8 without control characters: C0, DEL and C1 (U+0080-U+009F; a
+   U+009B is the terminal's CSI), as cms_text defines them. */
 static int check_value(const char *name, const char *v, size_t n, cms_error *err)
 {
-    size_t i;
+    size_t i, k;
+    unsigned long cp = 0;
 
     if (n > CMS_FIELD_MAX_BYTES)
         return cms_error_field(err, name, "'%s' is too long (%zu bytes, at most %d)",
                                name, n, CMS_FIELD_MAX_BYTES);
     if (!cms_utf8_valid(v, n))
         return cms_error_field(err, name, "'%s' is not valid UTF-8", name);
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)v[i];
-        if (c < 0x20 || c == 0x7F)
+    for (i = 0; i < n; i += k) {
+        k = cms_utf8_char(v + i, n - i, &cp);
+        if (k == 0 || cms_is_control(cp)) /* k: never 0 after cms_utf8_valid */
             return cms_error_field(err, name,
-                                   "'%s' contains a control character (byte 0x%02X at %zu)",
-                                   name, c, i + 1);
+                                   "'%s' contains a control character (U+%04lX at byte %zu)",
+                                   name, cp, i + 1);
     }
     return 0;
 }

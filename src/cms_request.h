@@ -2,7 +2,7 @@
  * cms_request: the downloadRecordFile request, validated and serialised.
  *
  * Validation happens before any I/O: callID is required, every value must be
- * valid UTF-8 without control characters, beginTime must be a real
+ * valid UTF-8 without control characters (C0, DEL, C1), beginTime must be a real
  * yyyyMMddHHmmss date-time. The body is compact JSON with all five keys in
  * the order of the interface document, "" for the ones not given.
  *

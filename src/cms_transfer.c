@@ -1,5 +1,6 @@
 /* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
 #include "cms_transfer.h"
+#include "cms_trace.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -256,6 +257,12 @@ cms_error_kind cms_curl_error_kind(CURLcode rc)
     }
 }
 
+int cms_tls_alert(CURLcode rc, const char *errbuf)
+{
+    return (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR) && errbuf &&
+           strstr(errbuf, "SSL routines:") && strstr(errbuf, " alert ");
+}
+
 static int is_retryable_network(CURLcode rc)
 {
     switch (rc) {
@@ -405,6 +412,40 @@ static void drop_unclean_connections(CURL *h, const cms_transfer_config *cfg)
         drop_if_unclean(sock);
 }
 
+/* CMSREC_DEBUG: every libcurl event through the redacting trace. */
+static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *ud)
+{
+    (void)ud;
+    cms_trace_event(stderr, cms_trace_id(h), type, data, size);
+    return 0;
+}
+
+/* Client certificate, pinned key, lowest TLS version; the trace. */
+static CURLcode set_tls_options(CURL *h, const cms_transfer_config *cfg)
+{
+    CURLcode rc = CURLE_OK;
+
+#define SET(opt, val) \
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val); } while (0)
+    SET(CURLOPT_SSLVERSION, cfg->tls_min ? cfg->tls_min : (long)CURL_SSLVERSION_TLSv1_2);
+    if (cfg->sslcert)
+        SET(CURLOPT_SSLCERT, cfg->sslcert);
+    if (cfg->sslkey)
+        SET(CURLOPT_SSLKEY, cfg->sslkey);
+    /* always a password with a certificate: without one, OpenSSL would ask
+       for an encrypted key's on the terminal (and wait) */
+    if (cfg->sslcert)
+        SET(CURLOPT_KEYPASSWD, cfg->key_password ? cfg->key_password : "");
+    if (cfg->pinnedpubkey)
+        SET(CURLOPT_PINNEDPUBLICKEY, cfg->pinnedpubkey);
+    if (cfg->debug) {
+        SET(CURLOPT_DEBUGFUNCTION, on_debug);
+        SET(CURLOPT_VERBOSE, 1L);
+    }
+#undef SET
+    return rc;
+}
+
 static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char *url,
                             struct curl_slist *headers, const char *body,
                             size_t body_len, transfer_ctx *ctx)
@@ -452,6 +493,8 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_CAINFO, cfg->cafile);
     if (cfg->capath)
         SET(CURLOPT_CAPATH, cfg->capath);
+    if (rc == CURLE_OK)
+        rc = set_tls_options(h, cfg);
     if (cfg->proxy)
         SET(CURLOPT_PROXY, cfg->proxy);
     if (cfg->user_agent)
@@ -509,11 +552,40 @@ static cms_error_kind answer_error_kind(CURL *h, CURLcode rc)
     return cms_curl_error_kind(rc);
 }
 
+/* What a TLS failure most likely means, in the options' words. */
+static const char *tls_hint(const char *what)
+{
+    static const char *const hints[][2] = {
+        {"local issuer", "is cafile the CA that signed the CMS certificate?"},
+        {"self-signed", "is cafile the CA that signed the CMS certificate?"},
+        {"self signed", "is cafile the CA that signed the CMS certificate?"},
+        {"has expired", "the CMS certificate has expired, or this machine's clock is wrong"},
+        {"not yet valid", "the CMS certificate is not valid yet, or this machine's clock is wrong"},
+        {"target host name", "the CMS certificate does not name the host of base_url"},
+        {"subject name matches", "the CMS certificate does not name the host of base_url"},
+        {"certificate required", "the CMS asks for a client certificate: set sslcert"},
+        {"alert unknown ca", "the CMS does not trust the client certificate (sslcert)"},
+        {"alert bad certificate", "the CMS refused the client certificate (sslcert)"},
+        {"protocol version", "no TLS version in common: tls_min may be above what the CMS speaks"},
+        {"unsupported protocol", "no TLS version in common: tls_min may be above what the CMS speaks"},
+        {"pinned", "the CMS public key is not one of pinnedpubkey"},
+        {"client certificate", "check sslcert, sslkey and sslkey_password"},
+        {"private key", "check sslcert, sslkey and sslkey_password"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof hints / sizeof hints[0]; i++)
+        if (strstr(what, hints[i][0]))
+            return hints[i][1];
+    return NULL;
+}
+
 static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char *url,
                            cms_error *err)
 {
-    cms_error_kind kind = answer_error_kind(h, rc);
+    cms_error_kind kind = cms_tls_alert(rc, errbuf) ? CMS_E_TLS : answer_error_kind(h, rc);
     const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+    const char *hint = kind == CMS_E_TLS ? tls_hint(what) : NULL;
 
     if (kind == CMS_E_PROTOCOL && rc == CURLE_UNSUPPORTED_PROTOCOL)
         cms_error_set(err, kind, "the server at %s did not answer HTTP (no status line): %s",
@@ -524,11 +596,11 @@ static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char 
     else if (kind == CMS_E_INVALID)
         cms_error_field(err, "base_url", "the URL cannot be used: %s", what);
     else
-        cms_error_set(err, kind, "%s %s failed: %s",
+        cms_error_set(err, kind, "%s %s failed: %s%s%s%s",
                       kind == CMS_E_TLS ? "the TLS connection to" : "the request to",
-                      url, what);
+                      url, what, hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
     err->curl_code = (int)rc;
-    err->retryable = is_retryable_network(rc);
+    err->retryable = kind != CMS_E_TLS && is_retryable_network(rc);
     return -1;
 }
 
@@ -550,13 +622,16 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     drop_unclean_connections(h, cfg);
     curl_easy_reset(h);
     rc = set_options(h, cfg, url, headers, body, body_len, t);
-    if (rc == CURLE_OK)
+    if (rc == CURLE_OK) {
+        if (cfg->debug)
+            cms_trace_request(stderr, cms_trace_id(h), url);
         return 0;
+    }
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
     return transport_error(h, rc, t->errbuf, url, err);
 }
 
-int cms_transfer_finish(cms_transfer *t, CURLcode rc)
+static int outcome(cms_transfer *t, CURLcode rc)
 {
     cms_response *resp = t->resp;
 
@@ -579,6 +654,15 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
     if (t->route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(t) != 0)
         return -1;
     return 0;
+}
+
+int cms_transfer_finish(cms_transfer *t, CURLcode rc)
+{
+    int ret = outcome(t, rc);
+
+    if (t->cfg->debug)
+        cms_trace_outcome(stderr, cms_trace_id(t->h), t->resp, ret, t->err);
+    return ret;
 }
 
 CURLcode cms_transfer_run(cms_transfer *t, CURLM *m)

@@ -5,11 +5,11 @@
  * kept alive between downloads. Every call resets the handle and sets every
  * option again: no state leaks from one request into the next.
  *
- * Safety defaults: TLS verification on, redirects never followed (the
- * Authorization header must not reach another host), https only unless
- * allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes, bodies asked
- * for unencoded but decoded when encoded anyway, and a kept-alive connection
- * with unrequested bytes waiting on it never reused.
+ * Safety defaults: TLS verification on, TLS 1.2 at least, redirects never
+ * followed (the Authorization header must not reach another host), https
+ * only unless allow_http, error bodies bounded to CMS_ERROR_BODY_MAX bytes,
+ * bodies asked for unencoded but decoded when encoded anyway, and a
+ * kept-alive connection with unrequested bytes waiting on it never reused.
  *
  * Routing: the start of a 2xx body is held back until cms_sniff_ready() (12
  * bytes, or up to CMS_SNIFF_MAX when it starts with blanks) and sniffed. A
@@ -66,6 +66,13 @@ typedef struct cms_transfer_config {
                                  easy handle's last connection is checked) */
     int busy_conns;           /* other transfers run on them: no idle check */
     CURLSH *share;            /* TLS sessions and DNS shared by the client's handles, may be NULL */
+    /* TLS (see README: sslcert, sslkey, pinnedpubkey, tls_min); NULL: not used */
+    const char *sslcert;      /* the client certificate (PEM) */
+    const char *sslkey;       /* its private key (PEM); NULL: in sslcert */
+    const char *key_password; /* of an encrypted sslkey: the caller's wiped memory */
+    const char *pinnedpubkey; /* "sha256//<base64>;..." or a PEM/DER public key file */
+    long tls_min;             /* CURL_SSLVERSION_TLSv1_x; 0: TLS 1.2 */
+    int debug;                /* CMSREC_DEBUG: a redacted trace on stderr (cms_trace.h) */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
@@ -160,5 +167,9 @@ CURLcode cms_transfer_run(cms_transfer *t, CURLM *m);
 
 /* Map a libcurl failure to an error kind (exposed for the unit tests). */
 cms_error_kind cms_curl_error_kind(CURLcode rc);
+/* 1 when a send or receive error is a TLS alert from the server (libcurl's
+   message says so): under TLS 1.3 a refused client certificate shows only
+   after the handshake, on the first read. */
+int cms_tls_alert(CURLcode rc, const char *errbuf);
 
 #endif

@@ -13,6 +13,23 @@ line per request to DIR/server.log and exits on SIGTERM/SIGINT or after
 --max-lifetime seconds (default 600). --self-test checks the auth-v2 signer
 against vectors V1-V3 of cms-protocol.md and exits.
 
+TLS fault ports (same handler and API as https_port), also in ready.json:
+  expired_port      a certificate of the mock CA that expired a year ago
+  notyet_port       a certificate of the mock CA valid only from a year from now
+  mtls_port         asks for a client certificate signed by the mock CA (TLS 1.3):
+                    DIR/client.pem + DIR/client.key is one; DIR/other-client.pem +
+                    DIR/other-client.key is signed by the unrelated CA (refused)
+  tls11_port        speaks only TLS 1.0 and 1.1 (@SECLEVEL=0); null when this
+                    Python/OpenSSL cannot (tls11_error then says why)
+  tls12_port        speaks only TLS 1.2
+  tls_switch_port   serves what /_mock/tls?mode=MODE last chose, for each new
+                    connection (reset leaves it): good (as https_port), expired,
+                    notyet, otherca (a certificate of other-ca.pem), wrongname, mtls,
+                    tls12 (and tls11 when available). So one client can meet a TLS
+                    failure and then a good server on the same base_url.
+The certificates of these ports have the server's key (DIR/server.key), so one
+pinnedpubkey matches all but otherca's (DIR/otherca.key).
+
 API: POST <any prefix>/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile,
 auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
 
@@ -93,12 +110,27 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                     gzipwav-N / extra-N outside 44..64 MiB)
 
 Every request but the control ones (any path, any method) is first held for
-latency_ms (see /_mock/set) before its status line; request bodies are read after it.
+latency_ms (see /_mock/set) before its status line; its body (by Content-Length, up to
+1 MiB) was read before, by the strict checks (below).
 Every accepted socket (all ports) has TCP_NODELAY: no 40 ms delayed-ACK stalls.
 
 Control (GET, no auth): /_mock/stats, /_mock/expect?callID=ID (size and sha256
 of the success body of ID), /_mock/reset, /_mock/set?latency_ms=MS (0 <= MS <= 60000,
-may be fractional; answers the settings; reset puts it back to 0).
+may be fractional; answers the settings; reset puts it back to 0), /_mock/strict.
+
+Strict checks: every request but the control ones is checked as it arrives, as
+cmsrec must send it: the request line exactly "POST <path> HTTP/1.1" CRLF (visible
+ASCII, no query); header lines as received, each ending in CRLF, no obs-fold, names
+that are tokens, values without control characters (HTAB aside); exactly one Host
+(naming this port), Content-Type (application/json;charset=UTF-8), Content-Length
+(equal to the body's length) and Authorization, no Transfer-Encoding; a body that is
+a JSON object in UTF-8 with exactly callID, workNo, beginTime, callerNo, calleeNo in
+that order, strings of at most 256 bytes without control characters (C0, DEL, C1),
+callID not empty, beginTime empty or a real yyyyMMddHHmmss; a signature that
+verifies. A request that breaks one, or that http.server refuses before any handler
+(a request line or header line over 64 KiB, more than 100 headers, a bad request
+line, an unknown method), counts as malformed. /_mock/strict answers {seen,
+malformed, reason, bodies: {"<the five values joined by \x1f>": count}}.
 
 /_mock/stats (JSON; reset clears every counter, a setting goes back to its default):
   requests          POSTs to the API path (auth failures included)
@@ -119,6 +151,8 @@ may be fractional; answers the settings; reset puts it back to 0).
                     differences only; the clock is the server's)
   per_call          {callID: number of API POSTs that carried it} (401s included)
   per_call_times    {callID: [the receive times of its last 100 POSTs]}: for backoff
+  strict_seen       requests the strict checks saw (control ones aside)
+  malformed         of those, the ones that broke a rule; malformed_reason: the last's
 """
 import argparse
 import collections
@@ -142,6 +176,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from functools import lru_cache
@@ -461,6 +496,7 @@ class State:
             self.open_epoch = self.max_open = 0
             self.request_times = collections.deque(maxlen=REQUEST_TIMES)
             self.per_call, self.per_call_times, self.attempts = {}, {}, {}
+            self.strict = StrictStats()
 
     def count_connection(self):
         with self.lock:
@@ -524,7 +560,8 @@ class State:
                     # sorted: taken on arrival, appended when recorded (threads race)
                     "request_times": sorted(self.request_times),
                     "per_call": dict(self.per_call),
-                    "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()}}
+                    "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()},
+                    **self.strict.snapshot()}
 
     def settings(self):
         with self.lock:
@@ -548,6 +585,224 @@ class State:
             digest.update(piece)
         ans = self.expect_cache[cid] = {"size": body[0], "sha256": digest.hexdigest()}
         return ans
+
+# ---------------------------------------------------------------- strict request checks
+#
+# Every request but the control ones is checked as it arrives, before the
+# handler runs: the exact request line, the header lines as received (raw
+# bytes, so that nothing http.server folds or drops goes unseen), the body and
+# the signature. A request that breaks a rule counts as `malformed` in
+# /_mock/stats, with the reason of the last one; so does one that http.server
+# refuses itself (send_error before any handler: a bad request line, a header
+# line over 64 KiB, more than 100 headers, an unknown method). The specs that
+# feed cmsrec malformed input (spec/corpus_spec.lua) assert malformed == 0.
+
+STRICT_LINE_RE = re.compile(rb"POST (/[!-~]*) HTTP/1\.1\r\n")  # origin-form, visible ASCII
+TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")           # RFC 9110 token
+CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")                 # CTLs but HTAB
+DIGITS_RE = re.compile(r"[0-9]+", re.ASCII)
+STRICT_ONCE = ("host", "content-type", "content-length", "authorization")
+BODY_FIELDS = ["callID", "workNo", "beginTime", "callerNo", "calleeNo"]
+BODY_FIELD_MAX = 256       # bytes of a value (cms_request.h)
+STRICT_MAX_HEADERS = 100   # http.client's limit; the 101st line makes it refuse
+STRICT_MAX_LINE = 65536    # same for a line's length
+STRICT_MAX_BODIES = 100000  # distinct bodies remembered for /_mock/strict
+
+
+class _JsonObject(list):
+    """A JSON object as its (key, value) pairs, duplicates and order kept."""
+
+
+class _Replay:
+    """The body the checks read, read again by the handler, then the socket."""
+
+    def __init__(self, data, rest):
+        self.buf, self.rest = io.BytesIO(data), rest
+
+    def read(self, n=-1):
+        got = self.buf.read(n)
+        if n is None or n < 0:
+            return got + self.rest.read()
+        return got if len(got) == n else got + self.rest.read(n - len(got))
+
+    def readline(self, limit=-1):
+        line = self.buf.readline(limit)
+        if line.endswith(b"\n") or 0 <= limit <= len(line):
+            return line
+        return line + self.rest.readline(-1 if limit < 0 else limit - len(line))
+
+    def __getattr__(self, name):  # close() and the rest: the socket's
+        return getattr(self.rest, name)
+
+
+class StrictStats:
+    """What the checks saw since the last reset."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seen = self.malformed = 0
+        self.reason = None
+        self.bodies = collections.Counter()  # the five values joined by \x1f
+
+    def saw(self, problem, values=None):
+        with self.lock:
+            self.seen += 1
+            if problem:
+                self.malformed += 1
+                self.reason = problem
+            if values is not None and (values in self.bodies
+                                       or len(self.bodies) < STRICT_MAX_BODIES):
+                self.bodies[values] += 1
+
+    def snapshot(self):
+        with self.lock:
+            return {"strict_seen": self.seen, "malformed": self.malformed,
+                    "malformed_reason": self.reason}
+
+    def details(self):
+        with self.lock:
+            return {"seen": self.seen, "malformed": self.malformed, "reason": self.reason,
+                    "bodies": dict(self.bodies)}
+
+
+def strict_head_problem(line, lines, end, port):
+    """The first rule the request line and header lines break, or None."""
+    m = STRICT_LINE_RE.fullmatch(line)
+    if not m:
+        return f"request line {line[:100]!r} is not exactly 'POST <path> HTTP/1.1' CRLF"
+    if b"?" in m.group(1) or b"#" in m.group(1):
+        return "the request target has a query or a fragment"
+    if end != b"\r\n":
+        return f"the header block ends with {end!r}, not an empty line"
+    counts, values = collections.Counter(), {}
+    for raw in lines:
+        if not raw.endswith(b"\r\n"):
+            return f"header line {raw[:60]!r} does not end with CRLF"
+        if raw[:1] in (b" ", b"\t"):
+            return f"obs-fold: header line {raw[:60]!r} continues the previous one"
+        name, colon, value = raw[:-2].partition(b":")
+        if not colon or not TOKEN_RE.fullmatch(name):
+            return f"header name {name[:60]!r} is not a token"
+        if CTL_RE.search(value):
+            return f"header {name[:60].decode()} has a control character: {value[:60]!r}"
+        counts[name.lower()] += 1
+        values[name.lower()] = value.strip(b" \t")
+    for name in STRICT_ONCE:
+        if counts[name.encode()] != 1:
+            return f"{counts[name.encode()]} {name} headers, want exactly one"
+    if counts[b"transfer-encoding"]:
+        return "a Transfer-Encoding header"
+    if not DIGITS_RE.fullmatch(values[b"content-length"].decode("latin-1")):
+        return f"Content-Length {values[b'content-length'][:30]!r} is not a number"
+    if values[b"host"].rpartition(b":")[2] != str(port).encode():
+        return f"Host {values[b'host'][:60]!r} does not name this server's port"
+    if values[b"content-type"] != JSON_CT.encode():
+        return f"Content-Type {values[b'content-type'][:60]!r}"
+    return None
+
+
+def strict_datetime(s):
+    if len(s) != 14 or not DIGITS_RE.fullmatch(s) or int(s[:4]) < 1970:
+        return False
+    try:
+        datetime.datetime.strptime(s, "%Y%m%d%H%M%S")
+    except ValueError:
+        return False
+    return True
+
+
+def strict_body_problem(body):
+    """(the first rule the body breaks or None, its values joined by \\x1f or None)."""
+    try:
+        obj = json.loads(body.decode("utf-8"), object_pairs_hook=_JsonObject,
+                         parse_constant=lambda c: None)
+    except ValueError:  # UnicodeDecodeError too
+        return "the body is not JSON in UTF-8", None
+    if not isinstance(obj, _JsonObject):
+        return "the body is not a JSON object", None
+    if [k for k, _ in obj] != BODY_FIELDS:
+        return f"the body's fields are {[k for k, _ in obj][:8]!r}, want {BODY_FIELDS}", None
+    vals = [v for _, v in obj]
+    for name, v in obj:
+        if not isinstance(v, str):
+            return f"{name} is a {type(v).__name__}, not a string", None
+        try:
+            size = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"{name} has a lone surrogate", None
+        if size > BODY_FIELD_MAX:
+            return f"{name} is {size} bytes long", None
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in v):
+            return f"{name} has a control character: {v[:40]!r}", None
+    if not vals[0]:
+        return "callID is empty", None
+    if vals[2] and not strict_datetime(vals[2]):
+        return f"beginTime {vals[2][:20]!r} is not a real yyyyMMddHHmmss", None
+    return None, "\x1f".join(vals)
+
+
+class StrictChecks:
+    """Mixed into Handler: the checks run in parse_request (see above)."""
+
+    def _strict_read_head(self):
+        """The header lines as received, read as http.client would read them."""
+        lines, end = [], b""
+        while len(lines) <= STRICT_MAX_HEADERS:
+            raw = self.rfile.readline(STRICT_MAX_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                end = raw
+                break
+            lines.append(raw)
+            if len(raw) > STRICT_MAX_LINE:
+                break
+        return lines, end
+
+    def parse_request(self):
+        if isinstance(self.rfile, _Replay):  # the last request's body was read
+            self.rfile = self.rfile.rest
+        self._strict_line, self._strict_counted = self.raw_requestline, False
+        words = self.raw_requestline.split()
+        if len(words) != 3:  # no header block to read: http.server refuses it
+            return super().parse_request()
+        lines, end = self._strict_read_head()
+        real, self.rfile = self.rfile, io.BytesIO(b"".join(lines) + end)
+        try:
+            ok = super().parse_request()  # refusing, it calls send_error (counted there)
+        finally:
+            self.rfile = real
+        if ok and not words[1].startswith(b"/_mock/"):
+            self._strict_counted = True
+            self.server.state.strict.saw(*self._strict_problem(lines, end))
+        return ok
+
+    def _strict_problem(self, lines, end):
+        self.target = self.requestline.split()[1]  # what _verify signs (do_GET sets it too)
+        problem = strict_head_problem(self.raw_requestline, lines, end,
+                                      self.server.server_address[1])
+        length = self.headers.get("Content-Length", "").strip()
+        if not (DIGITS_RE.fullmatch(length) and int(length) <= MAX_REQUEST) \
+                or "Transfer-Encoding" in self.headers:
+            return problem or "no usable Content-Length", None
+        body = self.rfile.read(int(length))
+        self.rfile = _Replay(body, self.rfile)  # the handler reads it again
+        if len(body) != int(length):
+            return problem or "the body is shorter than its Content-Length", None
+        body_problem, values = strict_body_problem(body)
+        if not (problem or body_problem):
+            sig_error = self._verify(body)[0]
+            problem = sig_error and f"the signature does not verify: {sig_error}"
+        return problem or body_problem, values
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server refuses a request (a request line over 64 KiB, before
+        parse_request; a bad request line or header block, in it; an unknown
+        method, after it): counted once."""
+        if getattr(self, "_strict_line", None) is not self.raw_requestline \
+                or not self._strict_counted:
+            self._strict_line, self._strict_counted = self.raw_requestline, True
+            self.server.state.strict.saw(f"refused by http.server: HTTP {int(code)} {message}")
+        super().send_error(code, message, explain)
+
 
 # ---------------------------------------------------------------- HTTP
 
@@ -591,7 +846,7 @@ class MockServer(ThreadingHTTPServer):
                        f"error: {type(exc).__name__}: {exc}")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(StrictChecks, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockCMS/1.0"
     timeout = 60  # idle keep-alive / slow request bodies
@@ -742,6 +997,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(405, {"error": "method not allowed"}, headers={"Allow": "GET"})
         if path == "/_mock/stats":
             return self._reply(200, state.snapshot())
+        if path == "/_mock/tls":  # the TLS fault ports (see tls_control)
+            return tls_control(self, state)
         if path == "/_mock/reset":
             state.reset()
             return self._reply(200, {"ok": True})
@@ -757,6 +1014,8 @@ class Handler(BaseHTTPRequestHandler):
                 with state.lock:
                     state.latency_ms = int(value) if value.isdigit() else float(value)
             return self._reply(200, state.settings())
+        if path == "/_mock/strict":
+            return self._reply(200, state.strict.details())
         if path == "/_mock/expect":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
             self._cid = query.get("callID", [""])[0]
@@ -1013,6 +1272,182 @@ def make_certs(d):
         os.remove(p(name))
 
 
+# ---------------------------------------------------------------- TLS fault ports
+# Certificates outside their validity, a port asking for a client certificate,
+# old and capped TLS versions, and one port whose behaviour the specs switch
+# (see the module docstring). Kept apart from the rest of the mock.
+
+TLS_EXT_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = cmsrec mock
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+[v3_client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+"""
+
+# `openssl ca` is the openssl 3.0 command that sets both ends of the validity
+# (x509 -req only counts days from now).
+TLS_CA_CNF = """\
+[ca]
+default_ca = mock
+[mock]
+database = {d}/tls-index.txt
+new_certs_dir = {d}/tls-newcerts
+default_md = sha256
+policy = any
+unique_subject = no
+rand_serial = yes
+[any]
+commonName = supplied
+"""
+
+TLS_MODES = ("good", "expired", "notyet", "otherca", "wrongname", "mtls", "tls12", "tls11")
+
+
+def make_tls_certs(d):
+    def p(name):
+        return os.path.join(d, name)
+
+    def run(*args):
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"mock_cms: openssl {args[0]} failed: {proc.stderr.strip()}")
+
+    def asn1(t):
+        return t.strftime("%Y%m%d%H%M%SZ")
+
+    with open(p("tls-ext.cnf"), "w") as f:
+        f.write(TLS_EXT_CNF)
+    with open(p("tls-ca.cnf"), "w") as f:
+        f.write(TLS_CA_CNF.format(d=d))
+    open(p("tls-index.txt"), "w").close()
+    os.makedirs(p("tls-newcerts"), exist_ok=True)
+    for name in ("client", "other-client", "otherca"):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-out", p(name + ".key"))
+    run("req", "-new", "-config", p("tls-ext.cnf"), "-key", p("server.key"),
+        "-subj", "/CN=localhost", "-out", p("tls-server.csr"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    year = datetime.timedelta(days=365)
+    for name, start, end in (("expired", now - 2 * year, now - year),
+                             ("notyet", now + year, now + 2 * year)):
+        run("ca", "-batch", "-config", p("tls-ca.cnf"), "-cert", p("ca.pem"),
+            "-keyfile", p("ca.key"), "-in", p("tls-server.csr"), "-notext",
+            "-startdate", asn1(start), "-enddate", asn1(end),
+            "-extfile", p("tls-ext.cnf"), "-extensions", "v3_server", "-out", p(name + ".pem"))
+    for name, ca, cn, ext in (("client", "ca", "cmsrec client", "v3_client"),
+                              ("other-client", "other-ca", "cmsrec stranger", "v3_client"),
+                              ("otherca", "other-ca", "localhost", "v3_server")):
+        run("req", "-new", "-config", p("tls-ext.cnf"), "-key", p(name + ".key"),
+            "-subj", "/CN=" + cn, "-out", p(name + ".csr"))
+        run("x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"),
+            "-CAkey", p(ca + ".key"), "-set_serial", str(secrets.randbits(100)),
+            "-days", "825", "-sha256", "-extfile", p("tls-ext.cnf"), "-extensions", ext,
+            "-out", p(name + ".pem"))
+        os.remove(p(name + ".csr"))
+    for name in os.listdir(d):  # openssl ca's database and copies
+        if name.startswith("tls-") and name != "tls-newcerts":
+            os.remove(p(name))
+    for name in os.listdir(p("tls-newcerts")):
+        os.remove(os.path.join(p("tls-newcerts"), name))
+    os.rmdir(p("tls-newcerts"))
+
+
+def tls_contexts(d, good, wrong):
+    """mode -> server SSLContext; and why TLS 1.1 is missing, or None."""
+    def server_ctx(cert, key="server.key"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(d, cert), os.path.join(d, key))
+        return ctx
+
+    ctxs = {"good": good, "wrongname": wrong, "expired": server_ctx("expired.pem"),
+            "notyet": server_ctx("notyet.pem"),
+            "otherca": server_ctx("otherca.pem", "otherca.key")}
+    mtls = ctxs["mtls"] = server_ctx("server.pem")
+    mtls.verify_mode = ssl.CERT_REQUIRED
+    mtls.load_verify_locations(os.path.join(d, "ca.pem"))
+    tls12 = ctxs["tls12"] = server_ctx("server.pem")
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with warnings.catch_warnings():  # TLSv1/TLSv1_1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = server_ctx("server.pem")
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctxs["tls11"] = old
+        return ctxs, None
+    except (ssl.SSLError, ValueError, AttributeError) as exc:
+        return ctxs, f"{type(exc).__name__}: {exc}"
+
+
+TLS_LINGER = 0.3  # seconds a refused handshake keeps its connection open
+
+
+class TlsHandler(Handler):
+    """Handler of the TLS fault ports. A refused handshake (a missing or unknown
+    client certificate, which TLS 1.3 refuses only after the client's Finished)
+    keeps the connection a moment before closing it, as a server that reads the
+    request first: the client reads the alert, rather than a reset from a close
+    with its request unread (a race the client cannot tell from a network fault)."""
+
+    def setup(self):
+        try:
+            super().setup()
+        except ssl.SSLError:
+            time.sleep(TLS_LINGER)
+            raise
+
+
+class TlsSwitchServer(MockServer):
+    """HTTPS with the context of state.tls_mode, chosen for each new connection."""
+
+    def __init__(self, state, contexts):
+        self.contexts = contexts
+        super().__init__(state, "https", contexts["good"])
+
+    def get_request(self):
+        self.ssl_ctx = self.contexts[self.state.tls_mode]  # one accept at a time
+        return super().get_request()
+
+
+def tls_fault_servers(state, d, good, wrong):
+    """The TLS fault servers, and their ports for ready.json."""
+    ctxs, tls11_error = tls_contexts(d, good, wrong)
+    state.tls_mode, state.tls_modes = "good", [m for m in TLS_MODES if m in ctxs]
+    named = {name: MockServer(state, "https", ctxs[mode]) for name, mode in
+             (("expired_port", "expired"), ("notyet_port", "notyet"), ("mtls_port", "mtls"),
+              ("tls12_port", "tls12"), ("tls11_port", "tls11")) if mode in ctxs}
+    named["tls_switch_port"] = TlsSwitchServer(state, ctxs)
+    for srv in named.values():
+        srv.RequestHandlerClass = TlsHandler
+    info = {name: srv.server_address[1] for name, srv in named.items()}
+    info.setdefault("tls11_port", None)
+    info["tls11_error"] = tls11_error
+    return list(named.values()), info
+
+
+def tls_control(handler, state):
+    """/_mock/tls?mode=MODE: what tls_switch_port serves from now on."""
+    query = parse_qs(handler.target.partition("?")[2], keep_blank_values=True)
+    mode = query.get("mode", [None])[-1]
+    if mode is not None:
+        if mode not in state.tls_modes:
+            return handler._reply(400, {"error": "mode: one of " + ", ".join(state.tls_modes)})
+        with state.lock:
+            state.tls_mode = mode
+    return handler._reply(200, {"mode": state.tls_mode, "modes": state.tls_modes})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Mock Huawei CC-CMS recording download server")
     ap.add_argument("--state-dir")
@@ -1035,6 +1470,7 @@ def main(argv=None):
     if os.path.exists(ready):
         os.remove(ready)  # stale file from an earlier run
     make_certs(d)
+    make_tls_certs(d)
 
     state = State(args.ak, args.sk, os.path.join(d, "server.log"))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1044,6 +1480,8 @@ def main(argv=None):
     servers = [MockServer(state, "https", ctx, main=True), MockServer(state, "http"),
                MockServer(state, "https", wrong)]
     state.https_port = servers[0].server_address[1]
+    tls_servers, tls_info = tls_fault_servers(state, d, ctx, wrong)
+    servers += tls_servers
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
@@ -1051,7 +1489,7 @@ def main(argv=None):
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
             "blackhole_port": hole.getsockname()[1],
-            "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem")}
+            "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem"), **tls_info}
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
     os.replace(ready + ".tmp", ready)

@@ -4,14 +4,20 @@
  * format sniffing and classification, libcurl code mapping.
  * Prints TAP ("ok N - name" / "not ok N - name"); exit status 1 on failure.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../src/cms_classify.h"
 #include "../src/cms_job.h"
 #include "../src/cms_request.h"
+#include "../src/cms_secret.h"
 #include "../src/cms_sign.h"
 #include "../src/cms_text.h"
+#include "../src/cms_trace.h"
 #include "../src/cms_sink.h"
 #include "../src/cms_transfer.h"
 #include "../src/cms_url.h"
@@ -449,6 +455,225 @@ static void test_rate(void)
     ok(cms_rate_wait(&none, 1.0) == 0, "no max_rate: never waits");
 }
 
+/* The VmFlags of the mapping that starts at `start`, from /proc/self/smaps
+   ("" when not found: no /proc). */
+static void vm_flags(const void *start, char *out, size_t cap)
+{
+    char line[512], want[32];
+    FILE *f = fopen("/proc/self/smaps", "r");
+    int in = 0;
+
+    *out = '\0';
+    if (!f)
+        return;
+    snprintf(want, sizeof want, "%lx-", (unsigned long)(uintptr_t)start);
+    while (fgets(line, sizeof line, f)) {
+        if (strchr(line, '-') && strncmp(line, want, strlen(want)) == 0)
+            in = 1;
+        else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(out, cap, "%s", line + 8);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+static int has_flag(const char *flags, const char *flag)
+{
+    char copy[512], *word, *save = NULL;
+
+    snprintf(copy, sizeof copy, "%s", flags);
+    for (word = strtok_r(copy, " \n", &save); word; word = strtok_r(NULL, " \n", &save))
+        if (strcmp(word, flag) == 0)
+            return 1;
+    return 0;
+}
+
+typedef struct wipe_seen {
+    int called;
+    size_t len;
+    size_t nonzero;
+} wipe_seen;
+
+static void see_wipe(const unsigned char *map, size_t len, void *ud)
+{
+    wipe_seen *w = ud;
+    size_t i;
+
+    w->called = 1;
+    w->len = len;
+    for (i = 0; i < len; i++)
+        w->nonzero += map[i] != 0;
+}
+
+static void test_secret(void)
+{
+    static const char sk[] = "mock-sk-0123456789abcdef";
+    cms_secret s;
+    wipe_seen seen = {0, 0, 0};
+    char flags[512];
+    char *big;
+
+    cms_secret_init(&s);
+    cms_secret_free(&s); /* empty: nothing to do */
+    ok(s.data == NULL, "an empty secret frees to nothing");
+    ok(cms_secret_set(&s, sk, strlen(sk)) == 0, "a secret is stored");
+    ok(s.len == strlen(sk) && memcmp(s.data, sk, s.len) == 0 && s.data[s.len] == '\0',
+       "its bytes, then a NUL");
+    ok(((uintptr_t)s.data % (uintptr_t)sysconf(_SC_PAGESIZE)) == 0 &&
+       s.map_len % (size_t)sysconf(_SC_PAGESIZE) == 0, "in whole pages of its own");
+    vm_flags(s.data, flags, sizeof flags);
+    if (!*flags) {
+        printf("# no /proc/self/smaps: MADV_DONTDUMP and mlock not checked\n");
+    } else {
+#ifdef MADV_DONTDUMP
+        ok((s.flags & CMS_SECRET_NODUMP) && has_flag(flags, "dd"),
+           "the kernel keeps it out of core dumps (VmFlags dd)");
+#endif
+#ifdef __SANITIZE_ADDRESS__
+        printf("# AddressSanitizer makes mlock a no-op: locking not checked\n");
+#else
+        ok(!(s.flags & CMS_SECRET_LOCKED) || has_flag(flags, "lo"),
+           "locked in memory when mlock succeeded (VmFlags lo)");
+        if (!(s.flags & CMS_SECRET_LOCKED))
+            printf("# mlock refused (RLIMIT_MEMLOCK): not locked\n");
+#endif
+    }
+    cms_secret_free_observed(&s, see_wipe, &seen);
+    ok(seen.called && seen.len >= sizeof sk && seen.nonzero == 0,
+       "free wipes every byte of the mapping before unmapping it");
+    ok(s.data == NULL && s.len == 0 && s.map_len == 0, "and leaves the secret empty");
+
+    /* replacing a secret frees the old mapping first; several pages work too */
+    big = malloc(10000);
+    memset(big, 'k', 10000);
+    ok(cms_secret_set(&s, "short", 5) == 0 && cms_secret_set(&s, big, 10000) == 0 &&
+       s.len == 10000 && s.map_len > 10000 && s.data[9999] == 'k' && s.data[10000] == 0,
+       "a secret is replaced, over several pages");
+    memset(&seen, 0, sizeof seen);
+    cms_secret_free_observed(&s, see_wipe, &seen);
+    ok(seen.called && seen.nonzero == 0, "a multi-page secret is wiped whole");
+    free(big);
+    ok(cms_secret_set(&s, "", 0) == 0 && s.len == 0 && s.data && s.data[0] == 0,
+       "an empty value is a valid (empty) C string");
+    cms_secret_free(&s);
+}
+
+/* What cms_trace_event wrote for each of `data`, read back from a temporary file. */
+static void trace_of(const char *const *data, size_t n, curl_infotype type, char *out,
+                     size_t cap)
+{
+    FILE *f = tmpfile();
+    size_t i, got;
+
+    *out = '\0';
+    if (!f)
+        return;
+    for (i = 0; i < n; i++)
+        cms_trace_event(f, 0x1a2b, type, data[i], strlen(data[i]));
+    rewind(f);
+    got = fread(out, 1, cap - 1, f);
+    out[got] = '\0';
+    fclose(f);
+}
+
+static void test_trace(void)
+{
+    static const char sig[] =
+        "151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a";
+    const char *request[] = {
+        "POST /rest/cmsapp/v1/ping HTTP/1.1\r\nHost: 10.22.26.181:28080\r\n"
+        "Authorization: auth-v2/globalaktest/2024-10-31T14:06:52Z/content-length;"
+        "content-type;host/151388d296c25c51b38d6800e04a09201cd481eaf10e247de50d9cb16a08da8a\r\n"
+        "Cookie: JSESSIONID=abc123\r\n\r\n"};
+    const char *answer[] = {"HTTP/1.1 200 OK\r\n", "Set-Cookie: SESSION=s3cr3t; Path=/\r\n",
+                            "X-Subject-Token: MIIT0ken\r\n", "X-Note: a\033[2Jb\r\n",
+                            "Content-Length: 5\r\n", "\r\n"};
+    const char *body[] = {"{\"callID\":\"1748587841-77268\"}"};
+    const char *notes[] = {"Uses proxy env variable https_proxy == 'http://bob:pr0xy-pw@proxy:3128'\n",
+                           "Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n"};
+    const char *answer_body = "  {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n";
+    const char *sdk = "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, "
+                      "Signature=abcdef0123";
+    char out[4096], red[256];
+    cms_response r;
+    cms_error e;
+    FILE *f;
+    size_t got;
+
+    trace_of(request, 1, CURLINFO_HEADER_OUT, out, sizeof out);
+    ok(strstr(out, "cmsrec[1a2b] > POST /rest/cmsapp/v1/ping HTTP/1.1\n") &&
+       strstr(out, "cmsrec[1a2b] > Host: 10.22.26.181:28080\n"),
+       "trace: the request line and headers, one a line");
+    ok(strstr(out, "> Authorization: auth-v2/globalaktest/2024-10-31T14:06:52Z/"
+                   "content-length;content-type;host/<redacted>\n") && !strstr(out, sig),
+       "trace: Authorization keeps the scheme and the AK, not the signature");
+    ok(strstr(out, "> Cookie: <redacted>") && !strstr(out, "abc123"), "trace: cookies redacted");
+    trace_of(answer, 6, CURLINFO_HEADER_IN, out, sizeof out);
+    ok(strstr(out, "< HTTP/1.1 200 OK\n") && strstr(out, "< Content-Length: 5\n"),
+       "trace: the status line and the response headers");
+    ok(!strstr(out, "s3cr3t") && !strstr(out, "MIIT0ken") &&
+       strstr(out, "< X-Subject-Token: <redacted>"),
+       "trace: tokens and session cookies redacted");
+    ok(!strchr(out, '\033') && strstr(out, "< X-Note: a?[2Jb\n"), "trace: server text made printable");
+    trace_of(body, 1, CURLINFO_DATA_OUT, out, sizeof out);
+    ok_str(out, "cmsrec[1a2b] > body (29 bytes): {\"callID\":\"1748587841-77268\"}\n",
+           "trace: the request body");
+    trace_of(notes, 2, CURLINFO_TEXT, out, sizeof out);
+    ok_str(out, "cmsrec[1a2b] * Uses proxy env variable https_proxy == 'http://<redacted>@proxy:3128'\n"
+           "cmsrec[1a2b] * Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n",
+           "trace: libcurl's notes, a proxy URL's credentials redacted");
+    trace_of(body, 1, CURLINFO_DATA_IN, out, sizeof out);
+    ok_str(out, "", "trace: answer bodies never as they come");
+    trace_of(body, 1, CURLINFO_SSL_DATA_IN, out, sizeof out);
+    ok_str(out, "", "trace: TLS records never");
+
+    cms_trace_redact_auth(sdk, strlen(sdk), red, sizeof red);
+    ok_str(red, "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;x-sdk-date, Signature=<redacted>",
+           "trace: SDK-HMAC-SHA256 keeps all but the signature");
+    cms_trace_redact_auth("Bearer eyJtoken", 15, red, sizeof red);
+    ok_str(red, "Bearer <redacted>", "trace: another scheme keeps its first word");
+    cms_trace_redact_auth("opaque-token", 12, red, sizeof red);
+    ok_str(red, "<redacted>", "trace: a bare value is redacted whole");
+
+    cms_response_init(&r);
+    r.status = 200;
+    r.sunk = 1;
+    r.format = CMS_FMT_WAV;
+    r.bytes = 160044;
+    cms_error_clear(&e);
+    f = tmpfile();
+    if (f) {
+        cms_trace_outcome(f, 0x1a2b, &r, 0, &e);
+        r.sunk = 0;
+        cms_buf_append(&r.body, answer_body, strlen(answer_body));
+        cms_trace_outcome(f, 0x1a2b, &r, 0, &e);
+        rewind(f);
+        got = fread(out, 1, sizeof out - 1, f);
+        out[got] = '\0';
+        fclose(f);
+    }
+    ok(strstr(out, "< body: a recording (wav), 160044 bytes, not shown\n") != NULL,
+       "trace: a recording only by its format and size");
+    ok(strstr(out, "< body (57 bytes): {\"resultCode\":\"1\",\"resultDesc\":\"Record List is empty\"}\n")
+       != NULL, "trace: an answer as a one-line excerpt");
+    cms_response_free(&r);
+}
+
+static void test_tls_alert(void)
+{
+    ok(cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: OpenSSL/3.0.19: error:0A00045C:SSL "
+                     "routines::tlsv13 alert certificate required, errno 0"),
+       "a TLS alert on read is a TLS failure (OpenSSL 3)");
+    ok(cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: error:14094418:SSL "
+                     "routines:ssl3_read_bytes:tlsv1 alert unknown ca, errno 0"),
+       "a TLS alert on read is a TLS failure (OpenSSL 1.1)");
+    ok(!cms_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: Connection reset by peer, errno 104"),
+       "a reset is not");
+    ok(!cms_tls_alert(CURLE_COULDNT_CONNECT, "SSL routines:: alert "), "nor another code");
+    ok(!cms_tls_alert(CURLE_RECV_ERROR, NULL), "nor no message");
+}
+
 int main(void)
 {
     test_vectors();
@@ -466,6 +691,9 @@ int main(void)
     test_text();
     test_retry_policy();
     test_rate();
+    test_secret();
+    test_trace();
+    test_tls_alert();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
