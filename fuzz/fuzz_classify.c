@@ -124,6 +124,11 @@ static void check_excerpt(const char *p, size_t n, size_t cap)
     len = strnlen(out, cap);
     CHECK(len < cap);
     CHECK(cms_text_printable(out, len) && !memchr(out, '\n', len) && !memchr(out, '\r', len));
+    if (p) { /* a short printable line is shown whole, to its last byte */
+        size_t skip = blank_prefix((const unsigned char *)p, n);
+        if (n - skip < cap && cms_text_printable(p + skip, n - skip))
+            CHECK(len == n - skip && memcmp(out, p + skip, len) == 0);
+    }
     free(out);
 }
 

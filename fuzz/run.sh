@@ -31,6 +31,7 @@ max_len() {
     request) echo 1400 ;;
     classify) echo 4096 ;;
     url) echo 600 ;;
+    trace) echo 2048 ;;
     zip) echo 8192 ;;
     *) echo 4096 ;;
     esac

@@ -124,15 +124,44 @@ def url_seeds():
         write("url", name, data)
 
 
+def trace_seeds():
+    """Event type (TEXT 0, HEADER_IN 1, HEADER_OUT 2, DATA_IN 3, DATA_OUT 4), buffer size, bytes."""
+    def ev(kind, data, cap=255):
+        return bytes([kind, cap]) + data
+    request = (b"POST /rest/cmsapp/v1/openapi/hisindex/downloadRecordFile HTTP/1.1\r\n"
+               b"Host: 10.22.26.181:28080\r\nContent-Type: application/json;charset=UTF-8\r\n"
+               b"Authorization: auth-v2/mockak/2024-10-31T14:06:52Z/content-length;"
+               b"content-type;host/e77feacaa3781f9f4b7b391abc2cf2fb75677908c26de4cfa787c2cfb49c2487"
+               b"\r\nContent-Length: 95\r\n\r\n")
+    seeds = {
+        "request-headers": ev(2, request),
+        "bearer": ev(2, b"Authorization: Bearer abcdefghijklmnop\r\n"),
+        "signature-scheme": ev(2, b"Proxy-Authorization: HMAC Credential=x, Signature=0123456789abcdef\r\n"),
+        "cookie": ev(2, b"Cookie: JSESSIONID=0123456789abcdef; x=1\r\nX-Auth-Token: tok-0123456789\r\n"),
+        "answer-headers": ev(1, b"HTTP/1.1 200 OK\r\nSet-Cookie: s=0123456789abcdef\r\n"
+                                b"Content-Type: text/plain\r\nX-Evil: \x1b[2J\xc2\x9b31m\r\n"),
+        "proxy-note": ev(0, b"Uses proxy env variable https_proxy == 'http://user:s3cretpassw0rd@proxy:3128'"),
+        "connect-note": ev(0, b"  Trying 127.0.0.1:28080...\n"),
+        "tls-note": ev(0, b"SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384\n"),
+        "body-out": ev(4, b'{"callID":"1748587841-77268","workNo":"","beginTime":""}'),
+        "body-in": ev(3 | 8, b'{"resultCode":"1"}'),
+        "ssl-data": ev(5, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+        "outcome-sunk": ev(2 | 8 * 3, b"RIFF\x24\x00\x00\x00WAVE"),
+        "short-buffer": ev(2, b"Authorization: auth-v2/ak/t/h/0123456789abcdef\r\n", cap=12),
+    }
+    for name, data in seeds.items():
+        write("trace", name, data)
+
+
 def zip_seeds():
     good = [("rec_1.wav", mock.wav_bytes(200), 0o100644)]
     second = ("rec_2.wav", mock.wav_bytes(300), 0o100644)
     crc = bytearray(mock.zip_of(good + [second]))
     crc[crc.index(b"rec_2.wav", 30) + len("rec_2.wav") + 40] ^= 0xFF
     stored = io.BytesIO()
-    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("a.wav", b"RIFF....WAVE")
-        zf.writestr("empty.wav", b"")
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:  # fixed dates: same bytes each run
+        zf.writestr(zipfile.ZipInfo("a.wav", (2024, 10, 31, 14, 6, 52)), b"RIFF....WAVE")
+        zf.writestr(zipfile.ZipInfo("empty.wav", (2024, 10, 31, 14, 6, 52)), b"")
     seeds = {
         "zip-2": mock.zip_of(good + [second]),
         "zip-dirs": mock.zip_of([("day1/", b"", 0o040755), ("day1/rec_1.wav", b"RIFF 1", 0o100644),
@@ -165,4 +194,5 @@ if __name__ == "__main__":
     request_seeds()
     classify_seeds()
     url_seeds()
+    trace_seeds()
     zip_seeds()

@@ -30,7 +30,7 @@ void cms_trace_redact_auth(const char *v, size_t n, char *out, size_t cap)
 {
     static const char sig[] = "Signature=";
     const char *end = v + n, *cut = NULL, *p;
-    char kept[LINE_MAX_SHOWN];
+    char kept[LINE_MAX_SHOWN], whole[LINE_MAX_SHOWN + sizeof "<redacted>"];
 
     if (n >= 8 && memcmp(v, "auth-v2/", 8) == 0) { /* auth-v2/AK/time/headers/sig */
         for (p = v; p < end; p++)
@@ -46,7 +46,8 @@ void cms_trace_redact_auth(const char *v, size_t n, char *out, size_t cap)
                     cut = p + 1;
     }
     shown(v, cut ? (size_t)(cut - v) : 0, kept, sizeof kept);
-    snprintf(out, cap, "%s<redacted>", kept); /* kept ends with '/', ' ' or '=' */
+    snprintf(whole, sizeof whole, "%s<redacted>", kept); /* kept ends with '/', ' ' or '=' */
+    cms_strlcpy(out, whole, cap); /* a cut on a whole UTF-8 character */
 }
 
 /* A header whose value is a credential (a token, a session). */
@@ -114,8 +115,10 @@ static void header_block(FILE *out, unsigned id, char dir, const char *p, size_t
 }
 
 /* "scheme://user:password@host" -> "scheme://<redacted>@host", in place: libcurl's
-   notes name proxy URLs (from http_proxy and the like) as they were given. */
-static void redact_userinfo(char *text, size_t cap)
+   notes name proxy URLs (from http_proxy and the like) as they were given.
+   `cut`: the text was cut, so a URL running to its end may have lost the
+   '@' after its password: all of that URL after "://" goes. */
+static void redact_userinfo(char *text, size_t cap, int cut)
 {
     static const char mark[] = "<redacted>";
     char *p = text, *at, *end;
@@ -125,6 +128,13 @@ static void redact_userinfo(char *text, size_t cap)
         p += 3;
         end = p + strcspn(p, "/ '\"");
         at = memchr(p, '@', (size_t)(end - p));
+        if (!at && cut && *end == '\0' && end > p) {
+            if ((size_t)(p - text) + sizeof mark <= cap)
+                memcpy(p, mark, sizeof mark);
+            else
+                *p = '\0';
+            break;
+        }
         if (!at)
             continue;
         if ((size_t)(p - text) + sizeof mark >= cap)
@@ -146,10 +156,13 @@ void cms_trace_event(FILE *out, unsigned id, curl_infotype type, const char *dat
 
     switch (type) {
     case CURLINFO_TEXT:
-        shown(data, size, text, LINE_MAX_SHOWN);
-        redact_userinfo(text, sizeof text);
-        if (*text)
-            put(out, id, '*', text);
+        /* redacted, then cut: cut first, a URL could lose the '@' that
+           marks its password */
+        shown(data, size, text, sizeof text);
+        redact_userinfo(text, sizeof text, strlen(text) + 1 >= sizeof text);
+        cms_strlcpy(line, text, LINE_MAX_SHOWN);
+        if (*line)
+            put(out, id, '*', line);
         break;
     case CURLINFO_HEADER_OUT:
     case CURLINFO_HEADER_IN:
