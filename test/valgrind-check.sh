@@ -13,6 +13,7 @@
 #   errors    every error kind the mock can produce
 #   bulk      retries and download_many, without its three timed cases
 #             (max_rate pacing, the speed-up): valgrind makes them meaningless
+#   tls       client certificates, pins, tls_min, the SK's pages, the trace
 #   leak_workload.lua  every path once (the leak suite's workload)
 # First a planted use-after-free, which must be reported: the check can fail.
 set -u
@@ -65,7 +66,7 @@ else
     echo "not ok $n - valgrind did not report a planted use-after-free (exit $rc)"
 fi
 
-for spec in download stream zip errors bulk; do
+for spec in download stream zip errors bulk tls; do
     filter=
     [ $spec = bulk ] && filter="--filter-out=max_rate --filter-out=faster"
     start=$(date +%s)
