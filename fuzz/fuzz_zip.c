@@ -13,7 +13,7 @@
  * extraction at its first call, which must leave nothing either.
  *
  * ROOT is made once per process under /dev/shm (fsync is free there) or
- * $TMPDIR, emptied after every run, removed at exit.
+ * $TMPDIR, emptied after every run, removed at exit, also after a finding.
  */
 #define _GNU_SOURCE /* nftw */
 #include <dirent.h>
@@ -25,14 +25,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sanitizer/common_interface_defs.h>
+
 #include "../src/cms_zip.h"
 
 /* A broken invariant: say which, then abort so libFuzzer keeps the input. */
 #define CHECK(c) ((c) ? (void)0 : check_failed(#c, __LINE__))
 
+static void remove_root(void);
+
 static void check_failed(const char *what, int line)
 {
     fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, line, what);
+    remove_root();
     abort();
 }
 #define MAX_TOTAL (1LL << 20)
@@ -64,6 +69,7 @@ static void make_root(void)
     snprintf(root, sizeof root, "%s/cmsrec-fuzz-zip-XXXXXX", tmp ? tmp : "/tmp");
     CHECK(mkdtemp(root) != NULL);
     atexit(remove_root);
+    __sanitizer_set_death_callback(remove_root); /* ASan or UBSan stops the run */
     snprintf(ab, sizeof ab, "%s/a", root);
     CHECK(mkdir(ab, 0700) == 0);
     snprintf(ab, sizeof ab, "%s/a/b", root);
