@@ -29,7 +29,7 @@ DEPLIBS     = $(shell pkg-config --libs libcurl openssl libzip 2>/dev/null)
 CORE_SRC    = src/cms_buf.c src/cms_error.c src/cms_sign.c src/cms_request.c \
               src/cms_classify.c src/cms_transfer.c src/cms_sink.c src/cms_zip.c \
               src/cms_url.c src/cms_text.c src/cms_fs.c src/cms_job.c \
-              src/cms_secret.c src/cms_trace.c
+              src/cms_secret.c src/cms_trace.c src/cms_gateway.c
 CORE_HDR    = $(wildcard src/*.h)
 MODULE_SRC  = lua_cmsrec.c $(CORE_SRC)
 ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -118,10 +118,27 @@ valgrind: deps
 	@$(MAKE) --no-print-directory LUA=5.4 build
 	@SUITES=valgrind sh test/run-tests.sh
 
-# Throughput and memory against the mock CMS; figures are recorded in BENCHMARKS.md.
+# cmsrec side by side with curl, LuaSocket + LuaSec and Python against nginx
+# on loopback (bench/bench.sh); figures are recorded in BENCHMARKS.md. What
+# only the benchmark needs is installed by make bench alone (the deps recipe,
+# given this list).
+BENCH_PACKAGES = nginx libnginx-mod-http-lua curl openssl python3 python3-requests \
+                 lua5.4 liblua5.4-dev lua-socket lua-sec gnuplot-nox
+
 bench: deps
-	@$(MAKE) --no-print-directory build
-	@CMSREC_CPATH='$(BUILD)/?.so' $(LUA_BIN) bench/run.lua
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES='$(BENCH_PACKAGES)'
+	@$(MAKE) --no-print-directory LUA=5.4 build build/bench/measure build/bench/inline-sha/cmsrec.so
+	@sh bench/bench.sh
+
+build/bench/measure: bench/measure.c
+	@mkdir -p $(@D)
+	$(CC) -O2 $(WARN) -std=gnu99 -o $@ $<
+
+# The module as before issue 11 hashed files: inline, on the transfer thread.
+build/bench/inline-sha/cmsrec.so: $(MODULE_SRC) $(CORE_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -shared -DCMS_BG_HASH_MIN=0x7fffffffffffffffLL \
+	    $(DEPCFLAGS) -o $@ $(MODULE_SRC) $(DEPLIBS)
 
 clean:
 	rm -rf build

@@ -52,7 +52,7 @@ build = {
       [[lua_cmsrec.c src/cms_buf.c src/cms_error.c src/cms_sign.c src/cms_request.c ]] ..
       [[src/cms_classify.c src/cms_transfer.c src/cms_sink.c src/cms_zip.c src/cms_url.c ]] ..
       [[src/cms_text.c src/cms_fs.c src/cms_job.c src/cms_secret.c src/cms_trace.c ]] ..
-      [[-o cmsrec.so $(LIBFLAG) ]] ..
+      [[src/cms_gateway.c -o cmsrec.so $(LIBFLAG) ]] ..
       [[-L"$(CURL_LIBDIR)" -L"$(OPENSSL_LIBDIR)" -L"$(LIBZIP_LIBDIR)" ]] ..
       [[-Wl,-rpath,"$(CURL_LIBDIR)" -Wl,-rpath,"$(OPENSSL_LIBDIR)" -Wl,-rpath,"$(LIBZIP_LIBDIR)" ]] ..
       [[-lcurl -lcrypto -lzip]],

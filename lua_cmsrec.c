@@ -28,12 +28,14 @@
 #include "src/compat.h"
 #include "src/cms_classify.h"
 #include "src/cms_error.h"
+#include "src/cms_gateway.h"
 #include "src/cms_job.h"
 #include "src/cms_request.h"
 #include "src/cms_secret.h"
 #include "src/cms_sign.h"
 #include "src/cms_sink.h"
 #include "src/cms_text.h"
+#include "src/cms_trace.h"
 #include "src/cms_transfer.h"
 #include "src/cms_url.h"
 #include "src/cms_zip.h"
@@ -47,6 +49,7 @@
 #define CMSREC_AK_MAX 256          /* bytes: the AK goes into the Authorization header */
 #define CMSREC_USER_AGENT_MAX 1024 /* bytes: a header */
 #define CMSREC_PATH_MAX 2048       /* bytes of the path sent, base_url's and `path` */
+#define CMSREC_TOKEN_ANSWER_MAX (64 * 1024) /* a token answer is a few hundred bytes */
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
@@ -58,6 +61,7 @@
 
 enum { SIGN_CONTENT_LENGTH = 1, SIGN_CONTENT_TYPE = 2, SIGN_HOST = 4 };
 enum { BUSY_NOT, BUSY_CALL, BUSY_READER }; /* idle; in a call; a reader holds the handle */
+enum { AUTH_V2, AUTH_APIG, AUTH_BEARER };   /* the built-in schemes (option auth) */
 
 typedef struct client {
     CURL *curl;
@@ -78,6 +82,14 @@ typedef struct client {
     int has_authorization;
     int busy;           /* BUSY_*: callbacks must not close or reuse it */
     int closed;
+    /* gateways: other schemes, extra headers, resolve, client:call */
+    int auth;           /* AUTH_*, when there is no authorization function */
+    char *base_url;     /* client:call paths are resolved against it */
+    cms_headers extra;  /* option headers: sent on every request */
+    struct curl_slist *resolve; /* option resolve; c->tc.resolve points here */
+    char *token_url;    /* bearer: where tokens come from */
+    CURL *token_curl;   /* bearer: token requests, apart from transfers in flight */
+    cms_token token;    /* bearer: wiped with the SK */
 } client;
 
 static void free_str(char **p)
@@ -98,6 +110,9 @@ static void client_release(lua_State *L, client *c)
     if (c->curl)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
+    if (c->token_curl)
+        curl_easy_cleanup(c->token_curl);
+    c->token_curl = NULL;
     if (c->tc.share) /* after every handle that used it */
         curl_share_cleanup(c->tc.share);
     c->tc.share = NULL;
@@ -105,6 +120,12 @@ static void client_release(lua_State *L, client *c)
     cms_secret_free(&c->sk);
     cms_secret_free(&c->key_password);
     c->tc.key_password = NULL;
+    cms_token_wipe(&c->token);
+    cms_headers_free(&c->extra);
+    curl_slist_free_all(c->resolve);
+    c->resolve = c->tc.resolve = NULL;
+    free_str(&c->base_url);
+    free_str(&c->token_url);
     free_str(&c->url);
     free_str(&c->path);
     free_str(&c->host);
@@ -227,11 +248,12 @@ static const char *const config_keys[] = {
     "insecure", "timeout", "connect_timeout", "proxy", "user_agent",
     "authorization", "allow_http", "max_size", "stall_timeout", "reuse", "retries",
     "max_rate", "sslcert", "sslkey", "sslkey_password", "pinnedpubkey", "tls_min",
+    "auth", "token_url", "headers", "resolve",
 };
 #define NCONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
 static const char *const sign_keys[] = {
-    "ak", "sk", "method", "path", "query", "headers", "body", "timestamp",
+    "ak", "sk", "method", "path", "query", "headers", "body", "timestamp", "scheme",
 };
 #define NSIGN_KEYS (sizeof sign_keys / sizeof sign_keys[0])
 
@@ -609,6 +631,161 @@ static long config_stall_timeout(lua_State *L, int idx)
     return (opt_seconds(L, idx, "cmsrec.new", "stall_timeout") + 999) / 1000;
 }
 
+/* ===== CONFIG: gateways (auth, token_url, headers, resolve) ===== */
+
+/* auth = "auth-v2" | "apig" | "bearer", never with an authorization function. */
+static void config_auth(lua_State *L, int idx, client *c)
+{
+    static const char *const names[] = {"auth-v2", "apig", "bearer"};
+    const char *a = opt_cstring(L, idx, "cmsrec.new", "auth"), *hint;
+    int i;
+
+    c->auth = AUTH_V2;
+    if (!a)
+        return;
+    if (c->has_authorization)
+        luaL_error(L, "cmsrec.new: options 'auth' and 'authorization' do not go together: "
+                      "the authorization function signs every request itself");
+    for (i = 0; i < 3; i++)
+        if (strcmp(a, names[i]) == 0)
+            c->auth = i;
+    if (strcmp(a, names[c->auth]) != 0) {
+        hint = cms_suggest(a, names, 3);
+        luaL_error(L, "cmsrec.new: option 'auth' must be \"auth-v2\", \"apig\" or \"bearer\"%s%s%s",
+                   hint ? " (did you mean '" : "", hint ? hint : "", hint ? "'?)" : "");
+    }
+}
+
+/* Options that belong to one scheme only. */
+static void config_auth_options(lua_State *L, int idx, client *c)
+{
+    raw_field(L, idx, "signed_headers");
+    if (!lua_isnil(L, -1) && c->auth != AUTH_V2)
+        luaL_error(L, "cmsrec.new: option 'signed_headers' applies to auth = \"auth-v2\" only");
+    lua_pop(L, 1);
+    raw_field(L, idx, "token_url");
+    if (!lua_isnil(L, -1) && c->auth != AUTH_BEARER)
+        luaL_error(L, "cmsrec.new: option 'token_url' needs auth = \"bearer\"");
+    lua_pop(L, 1);
+}
+
+/* token_url (bearer): https, or the base URL's host on port 443. */
+static void config_token_url(lua_State *L, int idx, client *c)
+{
+    const char *t = opt_cstring(L, idx, "cmsrec.new", "token_url"), *problem;
+    cms_url u;
+
+    if (c->auth != AUTH_BEARER)
+        return;
+    if (!t) {
+        if (!(c->token_url = cms_token_url_default(c->base_url)))
+            luaL_error(L, "cmsrec.new: out of memory");
+        return;
+    }
+    problem = cms_url_resolve(t, "", c->tc.allow_http, &u);
+    if (problem)
+        luaL_error(L, "cmsrec.new: option 'token_url' %s", problem);
+    c->token_url = u.url; /* the client's now; the rest goes */
+    u.url = NULL;
+    cms_url_free(&u);
+}
+
+/* A header name for a message: as given when it is a token, else cleaned and cut. */
+static const char *shown_name(lua_State *L, const char *name, size_t n)
+{
+    char clean[CMS_HEADER_NAME_MAX + 1];
+
+    cms_strlcpy(clean, name, n < sizeof clean ? n + 1 : sizeof clean);
+    cms_text_clean(clean);
+    lua_pushstring(L, clean);
+    return lua_tostring(L, -1);
+}
+
+/* headers = {name = value}: fixed extra headers, checked (values never shown). */
+static void config_headers(lua_State *L, int idx, client *c)
+{
+    raw_field(L, idx, "headers");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1))
+        luaL_error(L, "cmsrec.new: option 'headers' must be a table of name = value");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        size_t nl = 0, vl = 0;
+        const char *n, *v, *problem;
+        if (lua_type(L, -2) != LUA_TSTRING ||
+            (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+            luaL_error(L, "cmsrec.new: option 'headers' must map header names to strings");
+        n = lua_tolstring(L, -2, &nl);
+        lua_pushvalue(L, -1); /* a number: converted on this copy, not in the table */
+        v = lua_tolstring(L, -1, &vl);
+        problem = cms_header_problem(n, nl, v, vl);
+        if (!problem && cms_headers_find(&c->extra, n, nl) >= 0)
+            problem = "it is given twice (names are case-insensitive)";
+        if (!problem && c->auth == AUTH_BEARER && !c->has_authorization && nl == 9 &&
+            strncasecmp(n, "x-app-key", 9) == 0)
+            problem = "auth = \"bearer\" sends it (the AK)";
+        if (!problem && c->extra.n == CMS_HEADERS_MAX)
+            problem = "there are too many (at most 24)";
+        if (problem)
+            luaL_error(L, "cmsrec.new: option 'headers': header '%s': %s", shown_name(L, n, nl),
+                       problem);
+        if (cms_headers_add(&c->extra, n, nl, v, vl) != 0)
+            luaL_error(L, "cmsrec.new: out of memory");
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+}
+
+/* resolve = {"name:port:address", ...}: libcurl's resolve list, for every handle. */
+static void config_resolve(lua_State *L, int idx, client *c)
+{
+    size_t i, n;
+
+    raw_field(L, idx, "resolve");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1) || (n = lua_rawlen(L, -1)) == 0)
+        luaL_error(L, "cmsrec.new: option 'resolve' must be a non-empty list such as "
+                      "{\"cms.example.test:28443:10.22.26.181\"}");
+    for (i = 1; i <= n; i++) {
+        struct curl_slist *l;
+        const char *e, *problem;
+        size_t len = 0;
+        lua_rawgeti(L, -1, (int)i);
+        e = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        problem = !e || strlen(e) != len ? "must be a string" : cms_resolve_problem(e);
+        if (problem)
+            luaL_error(L, "cmsrec.new: option 'resolve' entry %d ('%s') %s", (int)i,
+                       e ? shown_name(L, e, len) : luaL_typename(L, -1), problem);
+        if (!(l = curl_slist_append(c->resolve, e)))
+            luaL_error(L, "cmsrec.new: out of memory");
+        c->resolve = l;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    c->tc.resolve = c->resolve;
+}
+
+/* Everything issue 12 added, after base_url (the token URL derives from it). */
+static void config_gateways(lua_State *L, int idx, client *c)
+{
+    const char *base = opt_cstring(L, idx, "cmsrec.new", "base_url");
+
+    c->base_url = dup_or_raise(L, base, strlen(base)); /* checked by config_url */
+    config_auth(L, idx, c);
+    config_auth_options(L, idx, c);
+    config_token_url(L, idx, c);
+    if (c->auth == AUTH_BEARER)
+        c->tc.hide = &c->token; /* the CMSREC_DEBUG trace never shows it */
+    config_headers(L, idx, c);
+    config_resolve(L, idx, c);
+}
+
 /* CMSREC_DEBUG, read once per client: set and not "0". */
 static int config_debug(void)
 {
@@ -664,6 +841,7 @@ static int l_new(lua_State *L)
     if (!c->tc.connect_timeout_ms)
         c->tc.connect_timeout_ms = 10000;
     config_url(L, 1, c);
+    config_gateways(L, 1, c);
     config_signed_headers(L, 1, c);
     c->tc.cafile = dup_opt(L, 1, "cafile");
     c->tc.capath = dup_opt(L, 1, "capath");
@@ -680,7 +858,8 @@ static int l_new(lua_State *L)
     if (cms_transfer_global_init() != 0 || !(c->curl = curl_easy_init()) ||
         !(c->multi = curl_multi_init()) || !(c->tc.share = curl_share_init()) ||
         curl_share_setopt(c->tc.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) ||
-        curl_share_setopt(c->tc.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS))
+        curl_share_setopt(c->tc.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) ||
+        (c->auth == AUTH_BEARER && !c->has_authorization && !(c->token_curl = curl_easy_init())))
         luaL_error(L, "cmsrec.new: libcurl could not be initialised");
     c->closed = 0;
     if (c->tc.insecure) /* loud on purpose: this must never go unnoticed */
@@ -732,15 +911,44 @@ typedef struct scratch {
     cms_signature sig;
     struct curl_slist *headers;
     cms_job job;
+    /* gateways */
+    cms_url target;     /* client:call: the URL and path requested (else the client's) */
+    char sdk_date[CMS_SDK_DATE_SIZE]; /* apig: this attempt's X-Sdk-Date */
+    unsigned token_gen; /* bearer: the token this attempt used */
+    int token_cached;   /* ... was fetched before it (a 401 may mean revoked) */
+    int token_retried;  /* the one retry with a new token was made */
+    cms_buf token_body; /* bearer: a token request and its answer (secrets: wiped) */
+    cms_response token_resp;
+    struct curl_slist *token_headers;
 } scratch;
+
+/* curl_slist_free_all, the lines wiped first: one may hold a token. */
+static void free_headers_wiped(struct curl_slist **list)
+{
+    struct curl_slist *l;
+
+    for (l = *list; l; l = l->next)
+        OPENSSL_cleanse(l->data, strlen(l->data));
+    curl_slist_free_all(*list);
+    *list = NULL;
+}
+
+/* Forget a token request and its answer. */
+static void scratch_untoken(scratch *s)
+{
+    cms_buf_free_secret(&s->token_body);
+    cms_buf_free_secret(&s->token_resp.body);
+    cms_response_free(&s->token_resp);
+    free_headers_wiped(&s->token_headers);
+}
 
 /* Forget the signed request of an attempt: the next one is signed afresh. */
 static void scratch_unsign(scratch *s)
 {
     cms_buf_free(&s->body);
     cms_signature_free(&s->sig);
-    curl_slist_free_all(s->headers);
-    s->headers = NULL;
+    free_headers_wiped(&s->headers);
+    scratch_untoken(s);
 }
 
 static int scratch_gc(lua_State *L)
@@ -748,6 +956,7 @@ static int scratch_gc(lua_State *L)
     scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
     scratch_unsign(s);
     cms_job_free(&s->job); /* removes a temporary file left by a failure */
+    cms_url_free(&s->target);
     return 0;
 }
 
@@ -758,9 +967,22 @@ static scratch *new_scratch(lua_State *L)
     cms_buf_init(&s->body);
     cms_signature_init(&s->sig);
     cms_job_init(&s->job);
+    cms_buf_init(&s->token_body);
+    cms_response_init(&s->token_resp);
     luaL_getmetatable(L, SCRATCH_MT);
     lua_setmetatable(L, -2);
     return s;
+}
+
+/* The path signed and sent, and the URL requested: a call's, else the download's. */
+static const char *req_path(const client *c, const scratch *s)
+{
+    return s->target.path ? s->target.path : c->path;
+}
+
+static const char *req_url(const client *c, const scratch *s)
+{
+    return s->target.url ? s->target.url : c->url;
 }
 
 /* Run scratch_gc now rather than at the next collection. */
@@ -853,7 +1075,7 @@ static int call_authorization(lua_State *L, int cl, client *c, scratch *s,
     lua_getfield(L, -1, "authorization");
     lua_remove(L, -2);
     lua_pushliteral(L, "POST");
-    lua_pushstring(L, c->path);
+    lua_pushstring(L, req_path(c, s));
     lua_createtable(L, 0, 3);
     lua_pushstring(L, c->host);
     lua_setfield(L, -2, "host");
@@ -900,7 +1122,7 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
     in.sk = c->sk.data;
     in.sk_len = c->sk.len;
     in.method = "POST";
-    in.path = c->path;
+    in.path = req_path(c, s);
     in.headers = h;
     in.nheaders = n;
     in.body = s->body.data;
@@ -927,6 +1149,23 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
     return 0;
 }
 
+/* What a scheme sends besides Authorization, then the extra headers. */
+static int add_gateway_headers(scratch *s, client *c, cms_error *err)
+{
+    size_t i;
+
+    if (!c->has_authorization && c->auth == AUTH_APIG &&
+        add_header(&s->headers, "X-Sdk-Date", s->sdk_date, "", err) != 0)
+        return -1;
+    if (!c->has_authorization && c->auth == AUTH_BEARER &&
+        add_header(&s->headers, "X-APP-Key", c->ak, "ak", err) != 0)
+        return -1;
+    for (i = 0; i < c->extra.n; i++)
+        if (add_header(&s->headers, c->extra.kv[i].name, c->extra.kv[i].value, "headers", err) != 0)
+            return -1;
+    return 0;
+}
+
 static int build_headers(scratch *s, client *c, const char *auth, cms_error *err)
 {
     const char *auth_from = c->has_authorization ? "authorization" : "ak";
@@ -935,7 +1174,8 @@ static int build_headers(scratch *s, client *c, const char *auth, cms_error *err
            add_header(&s->headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
            add_header(&s->headers, "Authorization", auth, auth_from, err) ||
            /* no "Expect: 100-continue" round trip for a small JSON body */
-           add_header(&s->headers, "Expect", "", "", err) ? -1 : 0;
+           add_header(&s->headers, "Expect", "", "", err) ||
+           add_gateway_headers(s, c, err) ? -1 : 0;
 }
 
 /* Decode a JSON body with cjson; leaves a table on the stack or returns 0. */
@@ -990,6 +1230,200 @@ static int json_fields(void *ud, const char *body, size_t len, cms_json_fields *
     return 0;
 }
 
+/* ===== GATEWAYS: SDK-HMAC-SHA256 and bearer tokens ===== */
+
+/* apig: content-type, host, x-sdk-date and every extra header, signed. */
+static int sign_apig(client *c, scratch *s, cms_error *err)
+{
+    cms_kv h[CMS_SIGN_MAX_PAIRS];
+    size_t n = 0, i;
+    cms_sign_input in;
+
+    h[n].name = "content-type";
+    h[n].value = CMSREC_CONTENT_TYPE;
+    h[n].name_len = strlen(h[n].name);
+    h[n++].value_len = strlen(CMSREC_CONTENT_TYPE);
+    h[n].name = "host";
+    h[n].value = c->host;
+    h[n].name_len = 4;
+    h[n++].value_len = strlen(c->host);
+    for (i = 0; i < c->extra.n; i++)
+        h[n++] = c->extra.kv[i];
+    if (cms_sdk_date_now(s->sdk_date) != 0)
+        return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
+    memset(&in, 0, sizeof in);
+    in.ak = c->ak;
+    in.sk = c->sk.data;
+    in.sk_len = c->sk.len;
+    in.method = "POST";
+    in.path = req_path(c, s);
+    in.headers = h;
+    in.nheaders = n;
+    in.body = s->body.data;
+    in.body_len = s->body.len;
+    in.timestamp = s->sdk_date;
+    return cms_sign_apig(&in, &s->sig, err);
+}
+
+/* An SK that JSON needs no escape for (printable ASCII, no '"' or '\'). */
+static int sk_plain(const client *c)
+{
+    size_t i;
+
+    for (i = 0; i < c->sk.len; i++)
+        if (c->sk.data[i] < 0x20 || c->sk.data[i] > 0x7E || c->sk.data[i] == '"' ||
+            c->sk.data[i] == '\\')
+            return 0;
+    return 1;
+}
+
+/* {"app_key":AK,"app_secret":SK}, each encoded by lua-cjson, except an SK that
+   needs no escaping: written as it is, so that it never becomes a Lua string
+   (an SK from the environment then stays out of Lua's heap). */
+static int token_body(lua_State *L, client *c, cms_buf *b, cms_error *err)
+{
+    escape_ctx esc;
+    int rc;
+
+    esc.L = L;
+    esc.cjson = CJSON_UPVALUE;
+    rc = cms_buf_append_str(b, "{\"app_key\":") ||
+         json_escape(&esc, c->ak, strlen(c->ak), b) ||
+         cms_buf_append_str(b, ",\"app_secret\":");
+    if (rc == 0 && sk_plain(c))
+        rc = cms_buf_append_char(b, '"') || cms_buf_append(b, c->sk.data, c->sk.len) ||
+             cms_buf_append_char(b, '"');
+    else if (rc == 0)
+        rc = json_escape(&esc, (const char *)c->sk.data, c->sk.len, b);
+    if (rc == 0)
+        rc = cms_buf_append_char(b, '}');
+    return rc ? cms_error_set(err, CMS_E_NOMEM, "out of memory building the token request") : 0;
+}
+
+/* A 2xx answer with a usable AccessToken: kept until shortly before expiresIn.
+   Anything else says why not, with the SK (and a bad token) scrubbed. */
+static int token_accept(lua_State *L, client *c, scratch *s, cms_error *err)
+{
+    cms_response *r = &s->token_resp;
+    const char *tok = NULL;
+    size_t n = 0;
+    int decoded, kept = 0;
+
+    decoded = r->status / 100 == 2 && !r->truncated &&
+              cms_sniff((const unsigned char *)r->body.data, r->body.len) == CMS_FMT_JSON &&
+              decode_json(L, CJSON_UPVALUE, &r->body);
+    if (decoded) {
+        lua_getfield(L, -1, "AccessToken");
+        lua_getfield(L, -2, "expiresIn"); /* seconds, a number or a numeric string */
+        tok = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &n) : NULL;
+        if (tok && cms_token_value_ok(tok, n)) {
+            kept = cms_token_store(&c->token, tok, n,
+                                   cms_token_expiry(cms_now(), (double)lua_tonumber(L, -1))) == 0;
+            if (!kept)
+                cms_error_set(err, CMS_E_NOMEM, "out of memory keeping the token");
+        }
+    }
+    if (!kept && err->kind == CMS_OK)
+        cms_token_refused(r, c->token_url, json_fields, L, err);
+    if (!kept && tok)
+        cms_error_scrub(err, tok, n); /* a token refused for its characters: still a token */
+    cms_error_scrub(err, (const char *)c->sk.data, c->sk.len);
+    if (decoded)
+        lua_pop(L, 3); /* the answer, AccessToken, expiresIn */
+    return kept ? 0 : -1;
+}
+
+/* CMSREC_DEBUG: how the token request ended, its answer never shown. */
+static void trace_token(const client *c, const scratch *s, int rc, const cms_error *err)
+{
+    static const char hidden[] = "(the token endpoint's answer: not shown)";
+    cms_response r = s->token_resp;
+
+    r.body.data = (char *)hidden;
+    r.body.len = r.status > 0 ? sizeof hidden - 1 : 0;
+    r.truncated = 0;
+    cms_trace_outcome(stderr, cms_trace_id(c->token_curl), &r, rc, err);
+}
+
+/* POST the AK/SK to token_url on the client's token handle (its TLS settings,
+   timeouts and resolve list); a new token replaces the old one. */
+static int token_fetch(lua_State *L, client *c, scratch *s, cms_error *err)
+{
+    cms_transfer_config tc = c->tc;
+    cms_transfer_io io;
+    int rc;
+
+    tc.conns = NULL; /* a connection of its own: the client's may carry transfers */
+    tc.busy_conns = 0;
+    tc.debug = 0; /* its body holds the SK, its answer the token: see trace_token */
+    memset(&io, 0, sizeof io);
+    io.answer_max = CMSREC_TOKEN_ANSWER_MAX;
+    scratch_untoken(s);
+    if (c->tc.debug)
+        cms_trace_request(stderr, cms_trace_id(c->token_curl), c->token_url);
+    rc = token_body(L, c, &s->token_body, err) ||
+         add_header(&s->token_headers, "Content-Type", CMSREC_CONTENT_TYPE, "", err) ||
+         add_header(&s->token_headers, "Accept", "application/json", "", err) ||
+         add_header(&s->token_headers, "Expect", "", "", err) ||
+         cms_transfer_post(c->token_curl, &tc, c->token_url, s->token_headers,
+                           s->token_body.data, s->token_body.len, &io, &s->token_resp, err) ||
+         token_accept(L, c, s, err) ? -1 : 0;
+    if (c->tc.debug)
+        trace_token(c, s, rc, err);
+    scratch_untoken(s);
+    return rc;
+}
+
+/* bearer: "Bearer <token>", the cached one or a new one. A failed token
+   request counts as an attempt of the request (so retries end). */
+static int sign_bearer(lua_State *L, client *c, scratch *s, cms_error *err)
+{
+    s->token_cached = cms_token_usable(&c->token, cms_now());
+    if (!s->token_cached && token_fetch(L, c, s, err) != 0) {
+        s->job.attempts++;
+        return -1;
+    }
+    s->token_gen = c->token.gen;
+    if (cms_buf_append_str(&s->sig.authorization, "Bearer ") != 0 ||
+        cms_buf_append(&s->sig.authorization, c->token.value, c->token.len) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory building headers");
+    return 0;
+}
+
+/* A 401 to a request made with a token fetched before it: the token was
+   revoked. It is dropped (unless another request replaced it already) and
+   the request tried again at once, once. 1 when it is to be tried again. */
+static int bearer_retry(client *c, scratch *s, const cms_error *e)
+{
+    if (c->has_authorization || c->auth != AUTH_BEARER || e->kind != CMS_E_AUTH ||
+        e->status != 401 || !s->token_cached || s->token_retried)
+        return 0;
+    s->token_retried = 1;
+    if (c->token.gen == s->token_gen)
+        cms_token_wipe(&c->token);
+    return 1;
+}
+
+/* Neither the SK nor the token in an error, whatever the server quoted. */
+static void scrub_secrets(const client *c, cms_error *e)
+{
+    cms_error_scrub(e, (const char *)c->sk.data, c->sk.len);
+    cms_error_scrub(e, c->token.value, c->token.len);
+}
+
+/* client:prepare's headers: what the scheme sends besides Authorization, the extras. */
+static void set_gateway_fields(lua_State *L, const client *c, const scratch *s)
+{
+    size_t i;
+
+    if (!c->has_authorization && c->auth == AUTH_APIG)
+        set_str_field(L, "X-Sdk-Date", s->sdk_date);
+    if (!c->has_authorization && c->auth == AUTH_BEARER)
+        set_str_field(L, "X-APP-Key", c->ak);
+    for (i = 0; i < c->extra.n; i++)
+        set_str_field(L, c->extra.kv[i].name, c->extra.kv[i].value);
+}
+
 /* What one download does with the recording; indices are stack slots or 0. */
 typedef struct dl_plan {
     int req;            /* the request table */
@@ -1000,6 +1434,7 @@ typedef struct dl_plan {
     int true_first;     /* download with a sink: true, info */
     int retries;        /* opts.retries, -1: the client's */
     long long max_size; /* 0 = none */
+    int call_body;      /* client:call: its JSON body (a string); no request table */
 } dl_plan;
 
 typedef struct dl_ctx {
@@ -1072,6 +1507,26 @@ static int lua_progress(void *ud, long long received, long long total, cms_error
     return cancel;
 }
 
+static int sign_apig(client *c, scratch *s, cms_error *err);
+static int sign_bearer(lua_State *L, client *c, scratch *s, cms_error *err);
+
+/* Sign s->body by the client's scheme. The Authorization value is left in
+   *auth (on the stack, or in s->sig), the body's length in clen. */
+static int sign_prepared(lua_State *L, client *c, scratch *s, char clen[32], const char **auth,
+                         cms_error *err)
+{
+    int rc;
+
+    snprintf(clen, 32, "%zu", s->body.len);
+    if (c->has_authorization)
+        return call_authorization(L, s->client_idx ? s->client_idx : 1, c, s, clen, auth, err);
+    rc = c->auth == AUTH_APIG     ? sign_apig(c, s, err)
+         : c->auth == AUTH_BEARER ? sign_bearer(L, c, s, err)
+                                  : sign_request(c, s, clen, err);
+    *auth = s->sig.authorization.data;
+    return rc;
+}
+
 /* Validate, build the body, sign. The Authorization value is left in *auth
    (on the stack, or in s->sig), the body's length in clen. */
 static int sign_new_request(lua_State *L, client *c, scratch *s, int req_idx,
@@ -1091,13 +1546,7 @@ static int sign_new_request(lua_State *L, client *c, scratch *s, int req_idx,
     /* a copy on the stack: callbacks below may change the request table */
     lua_pushlstring(L, req.value[CMS_F_CALLID], req.len[CMS_F_CALLID]);
     *call_id = lua_tostring(L, -1);
-    snprintf(clen, 32, "%zu", s->body.len);
-    if (c->has_authorization)
-        return call_authorization(L, s->client_idx ? s->client_idx : 1, c, s, clen, auth, err);
-    if (sign_request(c, s, clen, err) != 0)
-        return -1;
-    *auth = s->sig.authorization.data;
-    return 0;
+    return sign_prepared(L, c, s, clen, auth, err);
 }
 
 /* Validate, build the body, sign: everything before the network. */
@@ -1108,6 +1557,20 @@ static int prepare_request(lua_State *L, client *c, scratch *s, int req_idx,
     const char *auth;
 
     return sign_new_request(L, c, s, req_idx, call_id, clen, &auth, err) != 0 ||
+                   build_headers(s, c, auth, err) != 0 ? -1 : 0;
+}
+
+/* client:call: the JSON body at `body_idx`, signed and with its headers. */
+static int prepare_call(lua_State *L, client *c, scratch *s, int body_idx, cms_error *err)
+{
+    size_t n;
+    const char *b = lua_tolstring(L, body_idx, &n);
+    const char *auth;
+    char clen[32];
+
+    if (cms_buf_append(&s->body, b, n) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "out of memory");
+    return sign_prepared(L, c, s, clen, &auth, err) != 0 ||
                    build_headers(s, c, auth, err) != 0 ? -1 : 0;
 }
 
@@ -1168,13 +1631,19 @@ static int attempt(lua_State *L, client *c, dl_ctx *d)
     const char *call_id;
 
     scratch_unsign(s);
-    if (prepare_request(L, c, s, d->plan->req, &call_id, &j->err) != 0)
-        return -1;
-    j->call_id = call_id; /* on the stack until the download returns */
+    if (d->plan->call_body) {
+        if (prepare_call(L, c, s, d->plan->call_body, &j->err) != 0)
+            return -1;
+    } else {
+        if (prepare_request(L, c, s, d->plan->req, &call_id, &j->err) != 0)
+            return -1;
+        j->call_id = call_id; /* on the stack until the download returns */
+    }
     if (c->rate.per_s > 0 && job_wait(j, cms_rate_wait(&c->rate, cms_now())) != 0)
         return -1;
     cms_rate_take(&c->rate, cms_now());
-    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
+    if (cms_job_start(j, c->curl, &c->tc, req_url(c, s), s->headers, s->body.data,
+                      s->body.len) != 0)
         return -1;
     return cms_job_finish(j, cms_transfer_run(&j->t, c->multi));
 }
@@ -1201,7 +1670,8 @@ static int run_attempts(lua_State *L, client *c, dl_ctx *d)
     for (;;) {
         if (attempt(L, c, d) == 0)
             return 0;
-        delay = cms_retry_delay(&policy, &j->err, j->attempts, j->visible > 0, jitter());
+        delay = bearer_retry(c, d->s, &j->err) ? 0
+                : cms_retry_delay(&policy, &j->err, j->attempts, j->visible > 0, jitter());
         if (delay < 0)
             return -1;
         cms_job_reset(j);
@@ -1325,6 +1795,55 @@ static int push_job_error(lua_State *L, cms_job *j)
     return 2;
 }
 
+/* lua_pushlstring of a recording, under lua_pcall: it raises when memory
+   runs out, and the allocator must be put back before anything unwinds. */
+typedef struct prefault_alloc {
+    lua_Alloc f;
+    void *ud;
+    size_t size;
+} prefault_alloc;
+
+static void *prefault_alloc_fn(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    prefault_alloc *a = ud;
+    void *p = a->f(a->ud, ptr, osize, nsize);
+
+    if (p && !ptr && nsize >= a->size) /* the string's block, before the copy */
+        cms_prefault(p, nsize);
+    return p;
+}
+
+static int push_lstring(lua_State *L)
+{
+    lua_pushlstring(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+    return 1;
+}
+
+/* A large recording as a Lua string. The copy would fault the new string in
+   a page at a time; faulted in beforehand it costs less (BENCHMARKS.md). Lua
+   has no hook between allocating a string and filling it: its allocator is
+   wrapped for this one push. */
+static void push_recording(lua_State *L, const cms_buf *b)
+{
+    prefault_alloc a;
+    int rc;
+
+    if (b->len < CMS_PREFAULT_MIN) {
+        lua_pushlstring(L, b->data ? b->data : "", b->len);
+        return;
+    }
+    a.f = lua_getallocf(L, &a.ud);
+    a.size = b->len;
+    lua_pushcfunction(L, push_lstring);
+    lua_pushlightuserdata(L, b->data);
+    lua_pushinteger(L, (lua_Integer)b->len);
+    lua_setallocf(L, prefault_alloc_fn, &a);
+    rc = lua_pcall(L, 2, 1, 0);
+    lua_setallocf(L, a.f, a.ud);
+    if (rc != 0)
+        lua_error(L);
+}
+
 /* Run the download described by `p`; the scratch is at `sidx`. */
 static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
 {
@@ -1345,6 +1864,7 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     c->busy = BUSY_NOT;
     cms_job_end(j, rc != 0);
     if (rc != 0) {
+        scrub_secrets(c, &j->err);
         rc = push_job_error(L, j);
         scratch_release(L, sidx);
         return rc;
@@ -1353,7 +1873,7 @@ static int run_download(lua_State *L, client *c, dl_plan *p, int sidx)
     if (p->true_first)
         lua_pushboolean(L, 1);
     else if (!p->path && !p->sink)
-        lua_pushlstring(L, j->mem.buf.data ? j->mem.buf.data : "", j->mem.buf.len);
+        push_recording(L, &j->mem.buf);
     push_job_info(L, j);
     scratch_release(L, sidx);
     return lua_gettop(L) - base;
@@ -1472,6 +1992,163 @@ static int l_download_once(lua_State *L)
     return 2;
 }
 
+
+/* ===== CALL: any CMS interface, a signed JSON POST with a JSON answer ===== */
+
+static const char *const call_opts[] = {"retries", "max_size", "raw"};
+
+/* The path, relative to base_url's prefix as the download path is. */
+static int call_target(client *c, scratch *s, const char *path, cms_error *err)
+{
+    const char *problem;
+
+    if (path[0] != '/' || !cms_url_path_clean(path))
+        return cms_error_field(err, "path", "the path must start with '/' and contain no "
+                               "spaces, control or non-ASCII characters, '?' or '#'");
+    problem = cms_url_resolve(c->base_url, path, c->tc.allow_http, &s->target);
+    if (problem)
+        return cms_error_field(err, "path", "the URL cannot be made: base_url %s", problem);
+    return 0;
+}
+
+/* cjson.encode(t) under lua_pcall: a value JSON cannot hold raises. */
+static int encode_body(lua_State *L)
+{
+    lua_getfield(L, lua_upvalueindex(1), "encode");
+    lua_insert(L, 1);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+/* The body at `idx` (a table, or a JSON text sent as it is) as a JSON object
+   text, pushed; -1 with err set when it is not one. */
+static int call_body(lua_State *L, int idx, cms_error *err)
+{
+    size_t n;
+    const char *text;
+    cms_buf b;
+
+    if (lua_istable(L, idx)) {
+        lua_pushvalue(L, CJSON_UPVALUE);
+        lua_pushcclosure(L, encode_body, 1);
+        lua_pushvalue(L, idx);
+        if (lua_pcall(L, 1, 1, 0) != 0) {
+            cms_error_field(err, "body", "the body cannot be encoded as JSON: %s",
+                            lua_isstring(L, -1) ? lua_tostring(L, -1) : "(not a string)");
+            lua_pop(L, 1);
+            return -1;
+        }
+    } else {
+        lua_pushvalue(L, idx);
+    }
+    text = lua_tolstring(L, -1, &n);
+    b.data = (char *)text;
+    b.len = b.cap = n;
+    if (cms_sniff((const unsigned char *)text, n) != CMS_FMT_JSON ||
+        !decode_json(L, CJSON_UPVALUE, &b)) {
+        lua_pop(L, 1);
+        return cms_error_field(err, "body", "the body must be a JSON object (a table with "
+                               "string keys, or its JSON text)");
+    }
+    lua_pop(L, 1); /* the decoded copy: only the text is sent */
+    return 0;
+}
+
+/* The answer of a successful call: its decoded object (or its text, raw),
+   pushed; anything but a JSON object is kind protocol. */
+static int call_result(lua_State *L, cms_job *j, int raw)
+{
+    cms_buf *b = &j->resp.body;
+    char excerpt[160];
+
+    if (cms_sniff((const unsigned char *)b->data, b->len) == CMS_FMT_JSON &&
+        decode_json(L, CJSON_UPVALUE, b)) {
+        if (raw) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, b->data, b->len);
+        }
+        return 0;
+    }
+    cms_excerpt(b->data, b->len, excerpt, sizeof excerpt);
+    cms_error_set(&j->err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with something that is "
+                  "not a JSON object (%zu bytes): %s", j->resp.status, b->len, excerpt);
+    j->err.status = j->resp.status;
+    return -1;
+}
+
+static void push_call_info(lua_State *L, const cms_job *j)
+{
+    lua_createtable(L, 0, 5);
+    set_int_field(L, "status", j->resp.status);
+    set_int_field(L, "bytes", (lua_Integer)j->resp.body.len);
+    set_text_field(L, "content_type", j->resp.content_type);
+    lua_pushnumber(L, j->resp.elapsed);
+    lua_setfield(L, -2, "elapsed");
+    set_int_field(L, "attempts", j->attempts);
+}
+
+/* Run the call planned in `p`; the scratch is at 5, the body text at 6. */
+static int run_call(lua_State *L, client *c, dl_plan *p, int raw)
+{
+    scratch *s = lua_touserdata(L, 5);
+    cms_job *j = &s->job;
+    dl_ctx d;
+    int rc;
+
+    d.L = L;
+    d.plan = p;
+    d.s = s;
+    job_configure(j, p, &d);
+    j->dest = CMS_DEST_ANSWER;
+    j->call_id = "";
+    claim_client(L, c);
+    c->busy = BUSY_CALL; /* an authorization function runs inside */
+    rc = run_attempts(L, c, &d);
+    c->busy = BUSY_NOT;
+    cms_job_end(j, rc != 0);
+    if (rc == 0 && call_result(L, j, raw) == 0) {
+        push_call_info(L, j);
+        scratch_release(L, 5);
+        return 2;
+    }
+    scrub_secrets(c, &j->err);
+    rc = push_job_error(L, j);
+    scratch_release(L, 5);
+    return rc;
+}
+
+/* client:call(path, body[, opts]) -> answer, info | nil, err */
+static int l_call(lua_State *L)
+{
+    client *c = check_client(L, 1);
+    const char *path = check_path(L, 2, 0);
+    dl_plan p;
+    scratch *s;
+    int raw = 0;
+
+    luaL_argcheck(L, lua_istable(L, 3) || lua_type(L, 3) == LUA_TSTRING, 3,
+                  "a table, or a JSON text, expected");
+    luaL_argcheck(L, lua_gettop(L) <= 4, 5, "found too many arguments");
+    lua_settop(L, 4);
+    memset(&p, 0, sizeof p);
+    p.retries = -1;
+    if (!lua_isnil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        check_keys(L, 4, "client:call", call_opts, sizeof call_opts / sizeof call_opts[0]);
+        p.retries = opt_count(L, 4, "client:call", "retries", 0, 10, -1);
+        p.max_size = opt_size(L, 4, "client:call", "max_size");
+        raw = opt_boolean(L, 4, "client:call", "raw");
+    }
+    s = new_scratch(L); /* 5 */
+    if (call_target(c, s, path, &s->job.err) != 0 || call_body(L, 3, &s->job.err) != 0) {
+        lua_settop(L, 5);
+        push_job_error(L, &s->job);
+        scratch_release(L, 5);
+        return 2;
+    }
+    p.call_body = 6; /* the JSON text, kept for every attempt */
+    return run_call(L, c, &p, raw);
+}
 
 
 /* ===== READER: the recording pulled chunk by chunk ===== */
@@ -1595,7 +2272,8 @@ static int reader_begin(lua_State *L, reader *r, int req_idx);
 static int reader_retry(lua_State *L, reader *r)
 {
     cms_job *j = &r->s->job;
-    long delay = cms_retry_delay(&r->policy, r->err, j->attempts, j->visible > 0, jitter());
+    long delay = bearer_retry(r->c, r->s, r->err) ? 0
+                 : cms_retry_delay(&r->policy, r->err, j->attempts, j->visible > 0, jitter());
 
     if (delay < 0 || job_wait(j, delay / 1000.0) != 0)
         return 0;
@@ -1674,6 +2352,7 @@ static int reader_read(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
+    scrub_secrets(r->c, r->err);
     push_error(L, r->err);
     set_int_field(L, "attempts", r->s->job.attempts);
     if (r->raise)
@@ -1715,7 +2394,8 @@ static int reader_begin(lua_State *L, reader *r, int req_idx)
     if (c->rate.per_s > 0 && job_wait(j, cms_rate_wait(&c->rate, cms_now())) != 0)
         return -1;
     cms_rate_take(&c->rate, cms_now());
-    if (cms_job_start(j, c->curl, &c->tc, c->url, s->headers, s->body.data, s->body.len) != 0)
+    if (cms_job_start(j, c->curl, &c->tc, req_url(c, s), s->headers, s->body.data,
+                      s->body.len) != 0)
         return -1;
     if (curl_multi_add_handle(c->multi, c->curl) != CURLM_OK)
         return cms_error_set(r->err, CMS_E_NOMEM, "libcurl cannot start the transfer");
@@ -1784,6 +2464,7 @@ static int open_reader(lua_State *L, const char *what, int raise)
     rc = reader_start(L, r);
     c->busy = rc == 0 ? BUSY_READER : BUSY_NOT;
     if (rc != 0) {
+        scrub_secrets(c, r->err);
         push_error(L, r->err);
         if (raise)
             lua_error(L);
@@ -1903,6 +2584,7 @@ static int batch_record(lua_State *L, batch *b, slot *sl, int failed)
 
     lua_createtable(L, 0, 3);
     if (failed) {
+        scrub_secrets(b->c, &j->err);
         push_job_error(L, j);
         lua_setfield(L, -3, "err");
         lua_pop(L, 1); /* the nil */
@@ -1915,7 +2597,7 @@ static int batch_record(lua_State *L, batch *b, slot *sl, int failed)
         }
     } else {
         if (j->dest == CMS_DEST_MEMORY) {
-            lua_pushlstring(L, j->mem.buf.data ? j->mem.buf.data : "", j->mem.buf.len);
+            push_recording(L, &j->mem.buf);
             lua_setfield(L, -2, "data");
         }
         push_job_info(L, j);
@@ -1955,6 +2637,7 @@ static void slot_assign(lua_State *L, batch *b, slot *sl, int i)
     cms_job *j = &sl->s->job;
 
     sl->req = i;
+    sl->s->token_retried = 0;
     sl->d.L = L;
     sl->d.plan = &sl->plan;
     sl->d.s = sl->s;
@@ -2006,7 +2689,8 @@ static int slot_start(lua_State *L, batch *b, slot *sl)
 static int slot_failed(lua_State *L, batch *b, slot *sl, const cms_retry_policy *policy)
 {
     cms_job *j = &sl->s->job;
-    long delay = b->stop ? -1 : cms_retry_delay(policy, &j->err, j->attempts, 0, jitter());
+    long delay = b->stop ? -1 : bearer_retry(b->c, sl->s, &j->err) ? 0
+                 : cms_retry_delay(policy, &j->err, j->attempts, 0, jitter());
 
     if (delay >= 0) { /* the error stays until the next attempt starts */
         sl->wake = cms_now() + delay / 1000.0;
@@ -2383,6 +3067,7 @@ static int l_prepare(lua_State *L)
     rc = sign_new_request(L, c, s, 2, &call_id, clen, &auth, &err);
     c->busy = busy;
     if (rc != 0) {
+        scrub_secrets(c, &err);
         scratch_release(L, 3);
         return push_error(L, &err);
     }
@@ -2395,6 +3080,7 @@ static int l_prepare(lua_State *L)
     set_str_field(L, "Content-Length", clen);
     set_str_field(L, "Authorization", auth);
     set_str_field(L, "Accept-Encoding", "identity"); /* an encoded body cannot be sniffed */
+    set_gateway_fields(L, c, s);
     lua_setfield(L, -2, "headers");
     lua_pushlstring(L, s->body.data, s->body.len);
     lua_setfield(L, -2, "body");
@@ -2464,7 +3150,7 @@ static int l_classify(lua_State *L)
             return 1;
         }
         fmt = cms_sniff((const unsigned char *)body, len);
-        if (len > 0 && fmt != CMS_FMT_JSON && fmt != CMS_FMT_TEXT) {
+        if (len > 0 && !cms_is_answer(fmt, s->job.resp.content_type)) {
             scratch_release(L, 5);
             lua_pushstring(L, cms_format_name(fmt));
             return 1;
@@ -2535,18 +3221,31 @@ static size_t read_pairs(lua_State *L, int idx, const char *key, cms_kv *kv,
     return n;
 }
 
+/* scheme = "auth-v2" (default) | "apig"; 1 for apig. */
+static int sign_scheme(lua_State *L)
+{
+    const char *scheme = opt_cstring(L, 1, "cmsrec.sign", "scheme");
+
+    if (scheme && strcmp(scheme, "apig") != 0 && strcmp(scheme, "auth-v2") != 0)
+        luaL_error(L, "cmsrec.sign: option 'scheme' must be \"auth-v2\" or \"apig\" "
+                      "(a bearer token is fetched, not computed)");
+    return scheme && strcmp(scheme, "apig") == 0;
+}
+
 static int l_sign(lua_State *L)
 {
     cms_kv query[CMS_SIGN_MAX_PAIRS], headers[CMS_SIGN_MAX_PAIRS];
-    char ts[CMS_TIMESTAMP_SIZE];
+    char ts[CMS_TIMESTAMP_SIZE], date[CMS_SDK_DATE_SIZE];
     cms_sign_input in;
     cms_signature *sig;
     cms_error err;
     scratch *s;
+    int apig;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_argcheck(L, lua_gettop(L) == 1, 2, "found too many arguments");
     check_keys(L, 1, "cmsrec.sign", sign_keys, NSIGN_KEYS);
+    apig = sign_scheme(L);
     memset(&in, 0, sizeof in);
     in.ak = opt_cstring(L, 1, "cmsrec.sign", "ak");
     in.sk = (const unsigned char *)opt_string(L, 1, "cmsrec.sign", "sk", &in.sk_len);
@@ -2562,15 +3261,17 @@ static int l_sign(lua_State *L)
     if (!in.method)
         in.method = "POST";
     if (!in.timestamp) {
-        if (cms_timestamp_now(ts) != 0)
+        if ((apig ? cms_sdk_date_now(ts) : cms_timestamp_now(ts)) != 0)
             luaL_error(L, "cmsrec.sign: the system clock cannot be read");
         in.timestamp = ts;
     }
     s = new_scratch(L);
     sig = &s->sig;
     cms_error_clear(&err);
-    if (cms_sign(&in, sig, &err) != 0)
+    if ((apig ? cms_sign_apig(&in, sig, &err) : cms_sign(&in, sig, &err)) != 0)
         luaL_error(L, "cmsrec.sign: %s", err.message);
+    if (apig && cms_sdk_date(in.timestamp, date) == 0)
+        in.timestamp = date; /* as signed: X-Sdk-Date */
     lua_pushlstring(L, sig->authorization.data, sig->authorization.len);
     lua_createtable(L, 0, 5);
     lua_pushlstring(L, sig->canonical_request.data, sig->canonical_request.len);
@@ -2579,6 +3280,7 @@ static int l_sign(lua_State *L)
     set_str_field(L, "signature", sig->signature);
     set_str_field(L, "signed_headers", sig->signed_headers.data);
     set_str_field(L, "timestamp", in.timestamp);
+    set_str_field(L, "string_to_sign", sig->string_to_sign.data);
     cms_signature_free(sig);
     return 2;
 }
@@ -2617,6 +3319,7 @@ int luaopen_cmsrec(lua_State *L)
         {"reader", l_reader},
         {"chunks", l_chunks},
         {"download_file", l_download_file},
+        {"call", l_call},
         {"close", l_close},
         {NULL, NULL},
     };

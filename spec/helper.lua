@@ -135,6 +135,7 @@ function mock.start()
       mock.wrong_name_url = ("https://127.0.0.1:%d"):format(r.wrong_name_port)
       mock.blackhole_url = ("https://127.0.0.1:%d"):format(r.blackhole_port)
       mock.http_url = "http://127.0.0.1:" .. mock.http_port
+      mock.waf_port, mock.waf_name = ("%d"):format(r.waf_port), r.waf_name
       return mock
     end
     sh("sleep 0.05")
@@ -163,6 +164,8 @@ end
 function mock.stats() return mock.ctl("stats") end
 function mock.reset() return mock.ctl("reset") end
 function mock.expect(call_id) return mock.ctl("expect", call_id) end
+function mock.revoke() return mock.ctl("revoke") end
+function mock.set(name, value) return mock.ctl("set", name, value) end
 
 -- A client configuration for the running mock; `extra` overrides keys.
 function H.config(extra)

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cms_text.h"
 
@@ -77,6 +78,24 @@ void cms_excerpt(const char *p, size_t n, char *out, size_t cap)
     bad = cms_text_clean(out); /* C0, DEL, C1 controls and invalid bytes as '?' */
     if (bad * 4 > keep || (keep == 0 && i > 0))
         snprintf(out, cap, "(binary)");
+}
+
+/* application/json, text/json or any +json media type, parameters ignored */
+static int json_type(const char *ct)
+{
+    size_t n = strcspn(ct, ";");
+
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+           (n == 9 && strncasecmp(ct, "text/json", 9) == 0) ||
+           (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
+}
+
+int cms_is_answer(cms_format fmt, const char *content_type)
+{
+    return fmt == CMS_FMT_JSON || fmt == CMS_FMT_TEXT ||
+           (fmt == CMS_FMT_UNKNOWN && content_type && json_type(content_type));
 }
 
 const char *cms_format_name(cms_format f)

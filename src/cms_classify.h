@@ -1,7 +1,7 @@
 /*
  * cms_classify: what came back, decided by bytes and status, never by the
  * Content-Type (CMS servers send JSON errors with HTTP 200 and arbitrary
- * content types).
+ * content types), which only makes an unknown body labelled JSON an answer.
  *
  *   cms_sniff()           first bytes -> WAV, ZIP, JSON result, unknown
  *   cms_classify_status() non-2xx status -> auth / http error, retryable
@@ -34,6 +34,11 @@ cms_format cms_sniff(const unsigned char *p, size_t n);
 /* 1 when the first `n` bytes are enough for cms_sniff (or n >= CMS_SNIFF_MAX). */
 int cms_sniff_ready(const unsigned char *p, size_t n);
 const char *cms_format_name(cms_format f);
+/* 1 when a body of format `fmt` is an answer, never a recording: a JSON
+   object, text, or a body of no known format labelled JSON by `content_type`
+   (a bare JSON string or number); WAV and ZIP are recordings whatever the
+   label says. */
+int cms_is_answer(cms_format fmt, const char *content_type);
 /* File name extension for a format, without the dot. */
 const char *cms_format_ext(cms_format f);
 

@@ -42,10 +42,15 @@ int cms_classify_answer(const cms_response *r, cms_json_fn json, void *ud, cms_e
                       "recording: %s", r->status, *excerpt ? excerpt : "(blank)");
     } else if (decoded) {
         cms_classify_result(r->status, *f.code ? f.code : NULL, *f.desc ? f.desc : NULL, err);
+    } else if (r->truncated) {
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with JSON over %d KiB, "
+                      "too large for a CMS result: not decoded", r->status,
+                      CMS_ERROR_BODY_MAX / 1024);
     } else {
-        cms_error_set(err, CMS_E_PROTOCOL,
-                      "the CMS answered a body that starts like JSON but is not a "
-                      "JSON object (%zu bytes%s)", r->body.len, r->truncated ? " or more" : "");
+        char excerpt[160];
+        cms_excerpt(r->body.data, r->body.len, excerpt, sizeof excerpt);
+        cms_error_set(err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with JSON that is not "
+                      "a JSON object (%zu bytes): %s", r->status, r->body.len, excerpt);
     }
     err->status = r->status;
     err->retry_after = r->retry_after; /* flow control may say when, even at HTTP 200 */
@@ -186,6 +191,12 @@ static int open_destination(cms_job *j)
             io->sink.ud = j;
         }
         break;
+    case CMS_DEST_ANSWER: /* the transfer keeps it in resp.body; no sink is called */
+        io->max_size = 0;
+        io->answer_max = j->max_size > 0 ? j->max_size : CMS_JOB_ANSWER_MAX;
+        cms_mem_sink_init(&j->mem);
+        io->sink = cms_mem_sink_callbacks(&j->mem);
+        break;
     case CMS_DEST_SINK:
         if (cms_sha256_init(&j->sha) != 0)
             return cms_error_set(&j->err, CMS_E_NOMEM, "out of memory");
@@ -230,8 +241,8 @@ static int unpack(cms_job *j)
     src.len = 0;
     src.path = NULL;
     src.fd = cms_file_sink_fd(f);
-    if (cms_sha256_final_hex(&f->sha, j->sha256) != 0)
-        return cms_error_set(&j->err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (cms_file_sink_digest(f, j->sha256, &j->err) != 0)
+        return -1;
     memset(&progress, 0, sizeof progress);
     progress.fn = j->progress ? unzip_progress : NULL;
     progress.ud = j;
@@ -268,12 +279,32 @@ static int commit(cms_job *j)
     }
 }
 
+/* ANSWER: a whole 2xx body is the result; the caller decodes it. */
+static int answer_outcome(cms_job *j)
+{
+    cms_response *r = &j->resp;
+
+    if (r->status / 100 != 2)
+        return cms_classify_answer(r, j->json, j->json_ud, &j->err);
+    if (r->truncated)
+        cms_error_set(&j->err, CMS_E_TOO_LARGE, "the answer is larger than max_size "
+                      "(%lld bytes)", j->io.answer_max);
+    else if (r->body.len == 0)
+        cms_error_set(&j->err, CMS_E_PROTOCOL, "the CMS answered HTTP %ld with an empty body",
+                      r->status);
+    else
+        return 0;
+    j->err.status = r->status;
+    return -1;
+}
+
 int cms_job_finish(cms_job *j, CURLcode rc)
 {
     int failed = cms_transfer_finish(&j->t, rc) != 0 ||
-                 (!j->resp.sunk && cms_classify_answer(&j->resp, j->json, j->json_ud,
-                                                       &j->err) != 0) ||
-                 commit(j) != 0;
+                 (j->dest == CMS_DEST_ANSWER ? answer_outcome(j) != 0 :
+                  (!j->resp.sunk && cms_classify_answer(&j->resp, j->json, j->json_ud,
+                                                        &j->err) != 0) ||
+                  commit(j) != 0);
 
     if (failed)
         cms_file_sink_close(&j->file); /* no partial file, an existing one untouched */

@@ -74,7 +74,12 @@ double cms_now(void);
 
 /* ---- the job ---- */
 
-typedef enum { CMS_DEST_MEMORY, CMS_DEST_FILE, CMS_DEST_SINK } cms_dest_kind;
+/* ANSWER: no recording; the (JSON) answer is the result, in resp.body
+   (client:call): a 2xx answer succeeds, up to max_size (default
+   CMS_JOB_ANSWER_MAX; more is too_large), anything else fails as usual. */
+typedef enum { CMS_DEST_MEMORY, CMS_DEST_FILE, CMS_DEST_SINK, CMS_DEST_ANSWER } cms_dest_kind;
+
+#define CMS_JOB_ANSWER_MAX (16LL << 20)
 
 typedef struct cms_job {
     /* set by the caller before the first attempt */

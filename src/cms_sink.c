@@ -7,13 +7,31 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* ===== MEMORY ===== */
+
+void cms_prefault(void *p, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t to = ((uintptr_t)p + n) & ~(page - 1);
+
+    if (n >= CMS_PREFAULT_MIN && to > from)
+        madvise((void *)from, to - from, MADV_POPULATE_WRITE); /* best effort */
+#else
+    (void)p, (void)n;
+#endif
+}
 
 void cms_mem_sink_init(cms_mem_sink *m)
 {
@@ -31,10 +49,12 @@ static int mem_begin(void *ud, long long total, cms_format fmt, cms_error *err)
 
     (void)fmt;
     /* the length is known: allocate once, no doubling while receiving */
-    if (total > 0 && (unsigned long long)total < (size_t)-1 / 2 &&
-        cms_buf_reserve(&m->buf, (size_t)total) != 0)
-        return cms_error_set(err, CMS_E_NOMEM, "out of memory for a %lld-byte recording",
-                             total);
+    if (total > 0 && (unsigned long long)total < (size_t)-1 / 2) {
+        if (cms_buf_reserve(&m->buf, (size_t)total) != 0)
+            return cms_error_set(err, CMS_E_NOMEM, "out of memory for a %lld-byte recording",
+                                 total);
+        cms_prefault(m->buf.data, (size_t)total);
+    }
     return 0;
 }
 
@@ -89,6 +109,155 @@ void cms_sha256_free(cms_sha256 *h)
 {
     EVP_MD_CTX_free(h->ctx);
     h->ctx = NULL;
+}
+
+/* ===== SHA-256 IN A THREAD ===== */
+
+/* Below this size a thread costs more than it saves (a bench build may set it). */
+#ifndef CMS_BG_HASH_MIN
+#define CMS_BG_HASH_MIN (4LL << 20)
+#endif
+#define CMS_BG_HASH_STEP (1 << 20) /* read back and wake the thread this much at a time */
+
+struct cms_bg_hash {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int fd;
+    cms_sha256 *sha;
+    unsigned char *buf;
+    /* under lock */
+    long long written; /* by the writer */
+    long long hashed;  /* by the thread, when it waits */
+    int waiting, end, stop;
+    /* the thread's until joined */
+    int error;         /* errno of a failed read back, -1: SHA-256 failed */
+};
+
+/* Read back and hash [from, to) of the file, and start its writeback. */
+static int bg_hash_range(cms_bg_hash *h, long long from, long long to)
+{
+    while (from < to) {
+        size_t n = to - from < CMS_BG_HASH_STEP ? (size_t)(to - from) : CMS_BG_HASH_STEP;
+        ssize_t got = pread(h->fd, h->buf, n, (off_t)from);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            h->error = got < 0 ? errno : EIO;
+            return -1;
+        }
+        if (cms_sha256_update(h->sha, h->buf, (size_t)got) != 0) {
+            h->error = -1;
+            return -1;
+        }
+#ifdef SYNC_FILE_RANGE_WRITE
+        /* start writing it to disk now: the fsync at the end then waits for
+           the last megabytes only (best effort; fsync still decides) */
+        sync_file_range(h->fd, (off_t)from, (off_t)got, SYNC_FILE_RANGE_WRITE);
+#endif
+        from += got;
+    }
+    return 0;
+}
+
+static void *bg_hash_main(void *ud)
+{
+    cms_bg_hash *h = ud;
+    long long done = h->hashed, to;
+    int end, stop;
+
+    for (;;) {
+        pthread_mutex_lock(&h->lock);
+        h->hashed = done;
+        while (!h->end && !h->stop && h->written - done < CMS_BG_HASH_STEP) {
+            h->waiting = 1;
+            pthread_cond_wait(&h->wake, &h->lock);
+        }
+        h->waiting = 0;
+        to = h->written;
+        end = h->end;
+        stop = h->stop;
+        pthread_mutex_unlock(&h->lock);
+        if (stop || bg_hash_range(h, done, to) != 0 || end)
+            return NULL;
+        done = to;
+    }
+}
+
+/* The thread blocks every signal, so that they reach the caller's thread
+   (the interpreter's SIGINT handler, nginx's signals). */
+static int start_thread(pthread_t *t, cms_bg_hash *h)
+{
+    sigset_t all, old;
+    int rc;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(t, NULL, bg_hash_main, h);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+/* Hash the file from `from` on in a thread (`sha` holds the bytes before);
+   NULL when a thread cannot be had: hashing goes on inline. */
+static cms_bg_hash *bg_hash_start(int fd, cms_sha256 *sha, long long from)
+{
+    cms_bg_hash *h = calloc(1, sizeof *h);
+
+    if (!h || !(h->buf = malloc(CMS_BG_HASH_STEP)))
+        goto fail;
+    h->fd = fd;
+    h->sha = sha;
+    h->written = h->hashed = from;
+    if (pthread_mutex_init(&h->lock, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&h->wake, NULL) != 0) {
+        pthread_mutex_destroy(&h->lock);
+        goto fail;
+    }
+    if (start_thread(&h->thread, h) == 0)
+        return h;
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->lock);
+fail:
+    if (h)
+        free(h->buf);
+    free(h);
+    return NULL;
+}
+
+/* `n` more bytes are in the file; the thread wakes once a step is waiting. */
+static void bg_hash_written(cms_bg_hash *h, size_t n)
+{
+    pthread_mutex_lock(&h->lock);
+    h->written += (long long)n;
+    if (h->waiting && h->written - h->hashed >= CMS_BG_HASH_STEP)
+        pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Nothing more comes: the thread hashes the rest (stop: gives up) and ends. */
+static void bg_hash_end(cms_bg_hash *h, int stop)
+{
+    pthread_mutex_lock(&h->lock);
+    h->end = 1;
+    h->stop |= stop;
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Wait for the thread and free it; its error (0: the hash is complete). */
+static int bg_hash_join(cms_bg_hash *h)
+{
+    int error;
+
+    pthread_join(h->thread, NULL);
+    error = h->error;
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->lock);
+    free(h->buf);
+    free(h);
+    return error;
 }
 
 /* ===== FILE ===== */
@@ -351,10 +520,17 @@ static int file_write(void *ud, const char *p, size_t n, cms_error *err)
     cms_file_sink *f = ud;
     int e;
 
-    if (cms_sha256_update(&f->sha, p, n) != 0)
+    if (!f->bg && cms_sha256_update(&f->sha, p, n) != 0)
         return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
     if ((e = cms_write_all(f->fd, p, n)) != 0)
         return io_error(err, "writing in", f->direct ? f->path : f->dir, e);
+    f->written += (long long)n;
+    if (f->bg)
+        bg_hash_written(f->bg, n);
+    else if (!f->direct && !f->bg_tried && f->written >= CMS_BG_HASH_MIN) {
+        f->bg_tried = 1; /* a file of ours can be read back: the thread takes over */
+        f->bg = bg_hash_start(f->fd, &f->sha, f->written);
+    }
     return 0;
 }
 
@@ -373,16 +549,37 @@ static void fsync_dir(const char *dir)
     }
 }
 
+int cms_file_sink_digest(cms_file_sink *f, char hex[65], cms_error *err)
+{
+    int e = 0;
+
+    if (f->bg) {
+        bg_hash_end(f->bg, 0);
+        e = bg_hash_join(f->bg);
+        f->bg = NULL;
+    }
+    if (e > 0)
+        return io_error(err, "reading back the download in", f->dir, e);
+    if (e || cms_sha256_final_hex(&f->sha, hex) != 0)
+        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    return 0;
+}
+
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err)
 {
+    int synced;
+
     if (final_path(f, err) != 0)
         return -1;
-    if (cms_sha256_final_hex(&f->sha, f->sha256) != 0)
-        return cms_error_set(err, CMS_E_NOMEM, "SHA-256 failed in OpenSSL");
+    if (f->bg) /* the thread hashes what is left while the file is synced */
+        bg_hash_end(f->bg, 0);
+    synced = f->direct || fsync(f->fd) == 0 ? 0 : errno;
+    if (cms_file_sink_digest(f, f->sha256, err) != 0)
+        return -1;
     if (f->direct) /* a device or FIFO: the bytes are there already */
         return 0;
-    if (fsync(f->fd) != 0)
-        return io_error(err, "syncing the download in", f->dir, errno);
+    if (synced)
+        return io_error(err, "syncing the download in", f->dir, synced);
     if (check_replaceable(f->path, err) != 0) /* it may have changed meanwhile */
         return -1;
     if (!f->tmp && cms_link_unique(f->fd, f->dir, ".cmsrec-", &f->tmp) != 0)
@@ -402,6 +599,11 @@ int cms_file_sink_fd(const cms_file_sink *f)
 
 void cms_file_sink_close(cms_file_sink *f)
 {
+    if (f->bg) { /* a failure: the thread stops before its file goes */
+        bg_hash_end(f->bg, 1);
+        bg_hash_join(f->bg);
+        f->bg = NULL;
+    }
     if (f->fd >= 0)
         close(f->fd); /* an unnamed temporary file disappears here */
     f->fd = -1;

@@ -11,7 +11,11 @@
  *           device or FIFO at the path is written into (like curl), anything
  *           else refused. A directory destination is named <callID>.<ext>
  *           once the format is known, and checked then, before any byte.
- * Both keep a SHA-256 of what they received.
+ * The file sink keeps a SHA-256 of what it wrote: a large download is hashed
+ * by a thread of its own that reads the file back from the page cache and
+ * starts its writeback as it goes, so that the transfer only receives and
+ * writes, the hash runs on another core, and the fsync at the end waits for
+ * the last megabytes only (BENCHMARKS.md has the measurements).
  */
 #ifndef CMS_SINK_H
 #define CMS_SINK_H
@@ -27,6 +31,12 @@ typedef struct cms_mem_sink {
     cms_buf buf;
 } cms_mem_sink;
 
+/* Recordings of this size or more are received into memory faulted in
+   beforehand: one madvise(MADV_POPULATE_WRITE) costs less than a page fault
+   for every 4 KB as the bytes arrive (Linux 5.14 on; elsewhere nothing). */
+#define CMS_PREFAULT_MIN (1 << 20)
+void cms_prefault(void *p, size_t n);
+
 void cms_mem_sink_init(cms_mem_sink *m);
 void cms_mem_sink_free(cms_mem_sink *m);
 cms_sink cms_mem_sink_callbacks(cms_mem_sink *m);
@@ -41,6 +51,9 @@ int cms_sha256_update(cms_sha256 *h, const void *p, size_t n);
 int cms_sha256_final_hex(cms_sha256 *h, char hex[65]);
 void cms_sha256_free(cms_sha256 *h);
 
+/* Hashes a large download in a thread, reading back what was written. */
+typedef struct cms_bg_hash cms_bg_hash;
+
 typedef struct cms_file_sink {
     char *dir;       /* where the file goes */
     char *path;      /* the destination; in directory mode set at commit */
@@ -50,7 +63,10 @@ typedef struct cms_file_sink {
     int direct;      /* a device or FIFO: written into, never replaced */
     int unzip;       /* set by the caller: a ZIP is unpacked, never named */
     cms_format format;
-    cms_sha256 sha;
+    cms_sha256 sha;  /* the thread's while bg runs */
+    cms_bg_hash *bg; /* NULL: hashed inline, as it is written */
+    int bg_tried;
+    long long written;
     char sha256[65]; /* set by commit */
 } cms_file_sink;
 
@@ -62,8 +78,10 @@ typedef struct cms_file_sink {
 int cms_file_sink_open(cms_file_sink *f, const char *path, const char *call_id,
                        cms_error *err);
 cms_sink cms_file_sink_callbacks(cms_file_sink *f);
-/* fsync, rename into place, fsync the directory. */
+/* fsync, rename into place, fsync the directory; sets f->sha256. */
 int cms_file_sink_commit(cms_file_sink *f, cms_error *err);
+/* The SHA-256 of everything written, into `hex` (commit does it itself). */
+int cms_file_sink_digest(cms_file_sink *f, char hex[65], cms_error *err);
 /* The open temporary file (to read the download back, e.g. to unzip it). */
 int cms_file_sink_fd(const cms_file_sink *f);
 /* Close and remove the temporary file if it is still there; free everything. */

@@ -1,6 +1,7 @@
 /* cms_transfer: libcurl POST with safe defaults (see cms_transfer.h). */
 #include "cms_transfer.h"
 #include "cms_trace.h"
+#include "cms_gateway.h" /* cms_token, cms_error_scrub: the trace hides a bearer token */
 
 #include <poll.h>
 #include <pthread.h>
@@ -12,6 +13,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/ssl.h>
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_FAILED_INIT;
@@ -51,16 +54,45 @@ enum route { ROUTE_UNDECIDED, ROUTE_ANSWER, ROUTE_SINK };
 
 typedef cms_transfer transfer_ctx; /* the state shared by the callbacks */
 
+/* libcurl believes one of two different Content-Length headers, or the first
+   number of a list: either may cut the body or wait for bytes that never
+   come. Only a single number (or the same one repeated) is a length. */
+static int check_length(transfer_ctx *ctx, const char *v, size_t vlen)
+{
+    size_t i, cap = sizeof ctx->content_length;
+
+    for (i = 0; i < vlen && v[i] >= '0' && v[i] <= '9'; i++)
+        ;
+    if (vlen && i == vlen && vlen < cap &&
+        (!*ctx->content_length || (strlen(ctx->content_length) == vlen &&
+                                   memcmp(ctx->content_length, v, vlen) == 0))) {
+        memcpy(ctx->content_length, v, vlen);
+        ctx->content_length[vlen] = '\0';
+        return 0;
+    }
+    cms_error_set(ctx->err, CMS_E_PROTOCOL, "the answer of %s has %s Content-Length: the "
+                  "body's end is unknown", ctx->url,
+                  *ctx->content_length ? "two different values of" : "a malformed");
+    ctx->failed = 1;
+    return -1;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     transfer_ctx *ctx = ud;
     size_t len = size * n, vlen;
     const char *v;
 
-    if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (proxy CONNECT) */
+    if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (1xx, proxy CONNECT) */
         ctx->resp->content_type[0] = '\0';
         ctx->resp->retry_after = -1;
         ctx->encoded = 0;
+        ctx->headers_done = 0;
+        ctx->content_length[0] = '\0';
+        return len;
+    }
+    if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) { /* the blank line: headers complete */
+        ctx->headers_done = 1;
         return len;
     }
     v = memchr(p, ':', len);
@@ -78,6 +110,9 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
             vlen = cap;
         memcpy(ctx->resp->content_type, v, vlen);
         ctx->resp->content_type[vlen] = '\0';
+    } else if (strncasecmp(p, "content-length:", 15) == 0) {
+        if (check_length(ctx, v, vlen) != 0)
+            return 0;
     } else if (strncasecmp(p, "content-encoding:", 17) == 0) {
         ctx->encoded = vlen && !(vlen == 8 && strncasecmp(v, "identity", 8) == 0);
     } else if (strncasecmp(p, "retry-after:", 12) == 0 && vlen && vlen < 10 &&
@@ -93,12 +128,31 @@ static void on_first_byte(transfer_ctx *ctx)
 
     ctx->started = 1;
     curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &ctx->resp->status);
-    if (ctx->resp->status / 100 != 2)
+    if (!ctx->encoded &&
+        curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK && cl >= 0)
+        ctx->length = (long long)cl;
+    if (ctx->resp->status / 100 != 2 || ctx->io->answer_max > 0)
         ctx->route = ROUTE_ANSWER;
-    else if (!ctx->encoded &&
-             curl_easy_getinfo(ctx->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
-             cl >= 0)
-        ctx->resp->total = (long long)cl;
+    else
+        ctx->resp->total = ctx->length;
+}
+
+/*
+ * The whole body came: bytes that OpenSSL already decrypted past its end are
+ * an answer nobody asked for (a broken gateway), and poll() cannot see them
+ * (cms_conn_set checks the socket only). libcurl would read them as the next
+ * request's answer: the connection is shut down, and the next one is new.
+ */
+static void drop_if_tls_excess(transfer_ctx *ctx)
+{
+    struct curl_tlssessioninfo *tls = NULL;
+
+    if (ctx->sock == CURL_SOCKET_BAD ||
+        curl_easy_getinfo(ctx->h, CURLINFO_TLS_SSL_PTR, &tls) != CURLE_OK || !tls ||
+        tls->backend != CURLSSLBACKEND_OPENSSL || !tls->internals)
+        return;
+    if (SSL_pending((SSL *)tls->internals) > 0)
+        shutdown(ctx->sock, SHUT_RDWR);
 }
 
 /* max_size for every sink: from Content-Length before reading, else as bytes come. */
@@ -121,7 +175,7 @@ static int decide_route(transfer_ctx *ctx)
     cms_buf *held = &r->body;
 
     r->format = cms_sniff((const unsigned char *)held->data, held->len);
-    if (r->format == CMS_FMT_JSON || r->format == CMS_FMT_TEXT) {
+    if (cms_is_answer(r->format, r->content_type) || ctx->io->answer_max > 0) {
         ctx->route = ROUTE_ANSWER;
         return 0;
     }
@@ -137,13 +191,22 @@ static int decide_route(transfer_ctx *ctx)
     return 0;
 }
 
+/* How much of an answer is kept: error bodies are small, a call's answer is its result. */
+static size_t answer_limit(const transfer_ctx *ctx)
+{
+    if (ctx->io->answer_max > 0 && ctx->resp->status / 100 == 2)
+        return (size_t)ctx->io->answer_max;
+    return CMS_ERROR_BODY_MAX;
+}
+
 static int keep_answer(transfer_ctx *ctx, const char *p, size_t len)
 {
     cms_buf *body = &ctx->resp->body;
+    size_t max = answer_limit(ctx);
 
-    if (body->len + len > CMS_ERROR_BODY_MAX) {
+    if (body->len + len > max) {
         /* keep what fits, then stop reading: answers are bounded */
-        cms_buf_append(body, p, CMS_ERROR_BODY_MAX - body->len);
+        cms_buf_append(body, p, max - body->len);
         ctx->resp->truncated = 1;
         ctx->limit_hit = 1;
         return -1;
@@ -163,6 +226,9 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 
     if (!ctx->started)
         on_first_byte(ctx);
+    ctx->seen += (long long)len;
+    if (ctx->length >= 0 && ctx->seen >= ctx->length)
+        drop_if_tls_excess(ctx);
     if (ctx->route == ROUTE_UNDECIDED) {
         cms_buf *held = &ctx->resp->body;
         size_t want = CMS_SNIFF_MAX - held->len;
@@ -382,9 +448,9 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip, int primary_por
     struct pollfd p;
 
     (void)primary_ip, (void)local_ip, (void)primary_port;
+    sock = ctx->sock = socket_by_port(cfg->conns, local_port);
     if (curl_easy_getinfo(ctx->h, CURLINFO_NUM_CONNECTS, &fresh) != CURLE_OK || fresh > 0)
         return CURL_PREREQFUNC_OK; /* a new connection: TLS may still have records to read */
-    sock = socket_by_port(cfg->conns, local_port);
     if (sock == CURL_SOCKET_BAD)
         return CURL_PREREQFUNC_OK;
     p.fd = sock;
@@ -412,12 +478,63 @@ static void drop_unclean_connections(CURL *h, const cms_transfer_config *cfg)
         drop_if_unclean(sock);
 }
 
+/* `p` with the hidden bearer token (cfg->hide) replaced by "<redacted>", into
+   `out`: 1; 0 when it is not there (show `p` as it is); -1 out of memory
+   (show nothing). A gateway may quote the token in an answer. */
+static int hide_token(const cms_transfer_config *cfg, const char *p, size_t n, cms_buf *out)
+{
+    const cms_token *t = cfg ? cfg->hide : NULL;
+    size_t i, from = 0;
+    int found = 0;
+
+    if (!t || !t->value || t->len == 0)
+        return 0;
+    for (i = 0; i + t->len <= n; i++) {
+        if (memcmp(p + i, t->value, t->len) != 0)
+            continue;
+        if (cms_buf_append(out, p + from, i - from) || cms_buf_append_str(out, "<redacted>"))
+            return -1;
+        found = 1;
+        from = i + t->len;
+        i = from - 1;
+    }
+    if (found && cms_buf_append(out, p + from, n - from) != 0)
+        return -1;
+    return found;
+}
+
 /* CMSREC_DEBUG: every libcurl event through the redacting trace. */
 static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *ud)
 {
-    (void)ud;
-    cms_trace_event(stderr, cms_trace_id(h), type, data, size);
+    cms_buf b;
+    int hidden;
+
+    cms_buf_init(&b);
+    hidden = hide_token(ud, data, size, &b);
+    if (hidden >= 0)
+        cms_trace_event(stderr, cms_trace_id(h), type, hidden ? b.data : data,
+                        hidden ? b.len : size);
+    cms_buf_free(&b);
     return 0;
+}
+
+/* The outcome in the trace, the hidden token out of the answer and the message. */
+static void trace_outcome(const cms_transfer *t, int ret)
+{
+    cms_response r = *t->resp;
+    cms_error e = *t->err;
+    cms_buf b;
+    int hidden;
+
+    cms_buf_init(&b);
+    hidden = hide_token(t->cfg, r.body.data, r.body.len, &b);
+    if (hidden > 0)
+        r.body = b;
+    if (t->cfg->hide && t->cfg->hide->value)
+        cms_error_scrub(&e, t->cfg->hide->value, t->cfg->hide->len);
+    if (hidden >= 0)
+        cms_trace_outcome(stderr, cms_trace_id(t->h), &r, ret, &e);
+    cms_buf_free(&b);
 }
 
 /* Client certificate, pinned key, lowest TLS version; the trace. */
@@ -440,6 +557,7 @@ static CURLcode set_tls_options(CURL *h, const cms_transfer_config *cfg)
         SET(CURLOPT_PINNEDPUBLICKEY, cfg->pinnedpubkey);
     if (cfg->debug) {
         SET(CURLOPT_DEBUGFUNCTION, on_debug);
+        SET(CURLOPT_DEBUGDATA, (void *)cfg); /* the token to hide */
         SET(CURLOPT_VERBOSE, 1L);
     }
 #undef SET
@@ -471,6 +589,8 @@ static CURLcode set_options(CURL *h, const cms_transfer_config *cfg, const char 
         SET(CURLOPT_PREREQDATA, ctx);
 #endif
     }
+    if (cfg->resolve) /* connect to the IP; SNI, certificate and Host keep the name */
+        SET(CURLOPT_RESOLVE, cfg->resolve);
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     if (cfg->no_reuse) {
         SET(CURLOPT_FRESH_CONNECT, 1L);
@@ -535,16 +655,35 @@ static int memory_available(void)
 }
 
 /*
+ * libcurl says CURLE_SSL_CONNECT_ERROR also when the connection failed under
+ * the handshake (reset, closed: the peer went away, nothing was verified or
+ * refused). Only its message tells: these are its socket-level wordings.
+ */
+static int handshake_cut(const char *errbuf)
+{
+    static const char *const cut[] = {"SSL_ERROR_SYSCALL", "Recv failure", "Send failure",
+                                      "unexpected eof", "Connection reset"};
+    size_t i;
+
+    for (i = 0; i < sizeof cut / sizeof cut[0]; i++)
+        if (strstr(errbuf, cut[i]))
+            return 1;
+    return 0;
+}
+
+/*
  * Some libcurl codes mean one thing before a connection exists and another
  * once a server answered: "unsupported protocol" is a bad URL, or an answer
  * without a status line (HTTP/0.9); "out of memory" may be an oversized
  * answer. A server's nonsense is kind protocol.
  */
-static cms_error_kind answer_error_kind(CURL *h, CURLcode rc)
+static cms_error_kind answer_error_kind(CURL *h, CURLcode rc, const char *errbuf)
 {
     char *ip = NULL;
     int connected = curl_easy_getinfo(h, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip && *ip;
 
+    if (rc == CURLE_SSL_CONNECT_ERROR && handshake_cut(errbuf))
+        return CMS_E_NETWORK;
     if (connected && rc == CURLE_UNSUPPORTED_PROTOCOL)
         return CMS_E_PROTOCOL;
     if (connected && rc == CURLE_OUT_OF_MEMORY && memory_available())
@@ -583,24 +722,31 @@ static const char *tls_hint(const char *what)
 static int transport_error(CURL *h, CURLcode rc, const char *errbuf, const char *url,
                            cms_error *err)
 {
-    cms_error_kind kind = cms_tls_alert(rc, errbuf) ? CMS_E_TLS : answer_error_kind(h, rc);
+    cms_error_kind kind = cms_tls_alert(rc, errbuf) ? CMS_E_TLS
+                                                    : answer_error_kind(h, rc, errbuf);
     const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
     const char *hint = kind == CMS_E_TLS ? tls_hint(what) : NULL;
+    int n = (int)strlen(what);
+
+    while (n > 0 && what[n - 1] == ' ') /* some libcurl messages end in a space */
+        n--;
 
     if (kind == CMS_E_PROTOCOL && rc == CURLE_UNSUPPORTED_PROTOCOL)
-        cms_error_set(err, kind, "the server at %s did not answer HTTP (no status line): %s",
-                      url, what);
+        cms_error_set(err, kind, "the server at %s did not answer HTTP (no status line): %.*s",
+                      url, n, what);
     else if (kind == CMS_E_PROTOCOL && rc == CURLE_OUT_OF_MEMORY)
         cms_error_set(err, kind, "the answer of %s went past libcurl's limits (a header "
                       "line over 100 KB?)", url);
     else if (kind == CMS_E_INVALID)
-        cms_error_field(err, "base_url", "the URL cannot be used: %s", what);
+        cms_error_field(err, "base_url", "the URL cannot be used: %.*s", n, what);
     else
-        cms_error_set(err, kind, "%s %s failed: %s%s%s%s",
+        cms_error_set(err, kind, "%s %s failed: %.*s%s%s%s",
                       kind == CMS_E_TLS ? "the TLS connection to" : "the request to",
-                      url, what, hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
+                      url, n, what, hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
     err->curl_code = (int)rc;
-    err->retryable = kind != CMS_E_TLS && is_retryable_network(rc);
+    /* a handshake cut under TLS is kind network (answer_error_kind): retried */
+    err->retryable = kind != CMS_E_TLS &&
+                     (is_retryable_network(rc) || rc == CURLE_SSL_CONNECT_ERROR);
     return -1;
 }
 
@@ -618,6 +764,8 @@ int cms_transfer_start(cms_transfer *t, CURL *h, const cms_transfer_config *cfg,
     t->err = err;
     t->url = url;
     t->cfg = cfg;
+    t->length = -1;
+    t->sock = CURL_SOCKET_BAD;
     /* last_progress stays zero: the first report comes as soon as the recording starts */
     drop_unclean_connections(h, cfg);
     curl_easy_reset(h);
@@ -650,6 +798,12 @@ static int outcome(cms_transfer *t, CURLcode rc)
     }
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t->limit_hit))
         return transport_error(t->h, rc, t->errbuf, t->url, t->err);
+    if (rc == CURLE_OK && !t->headers_done) { /* libcurl takes that for a whole answer */
+        cms_error_set(t->err, CMS_E_NETWORK, "the connection to %s closed in the middle of "
+                      "the answer's headers", t->url);
+        t->err->retryable = 1;
+        return -1;
+    }
     /* a body shorter than the sniffing window is decided at the end */
     if (t->route == ROUTE_UNDECIDED && resp->status / 100 == 2 && decide_route(t) != 0)
         return -1;
@@ -661,7 +815,7 @@ int cms_transfer_finish(cms_transfer *t, CURLcode rc)
     int ret = outcome(t, rc);
 
     if (t->cfg->debug)
-        cms_trace_outcome(stderr, cms_trace_id(t->h), t->resp, ret, t->err);
+        trace_outcome(t, ret);
     return ret;
 }
 

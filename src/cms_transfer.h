@@ -51,6 +51,8 @@ void cms_conn_set_drop_unclean(const cms_conn_set *s);
 /* Frees the list; the sockets are libcurl's (closed by its cleanup). */
 void cms_conn_set_free(cms_conn_set *s);
 
+struct cms_token; /* cms_gateway.h */
+
 typedef struct cms_transfer_config {
     const char *cafile;
     const char *capath;
@@ -73,6 +75,10 @@ typedef struct cms_transfer_config {
     const char *pinnedpubkey; /* "sha256//<base64>;..." or a PEM/DER public key file */
     long tls_min;             /* CURL_SSLVERSION_TLSv1_x; 0: TLS 1.2 */
     int debug;                /* CMSREC_DEBUG: a redacted trace on stderr (cms_trace.h) */
+    /* gateways */
+    struct curl_slist *resolve; /* CURLOPT_RESOLVE entries "name:port:address", may be NULL */
+    const struct cms_token *hide; /* a bearer token the trace never shows (read at each
+                                     event: it may change), may be NULL */
 } cms_transfer_config;
 
 /* Where a recording goes. begin() (may be NULL) is called once, before the first write(). */
@@ -111,6 +117,10 @@ typedef struct cms_transfer_io {
     long long max_size;       /* 0 = none; more is kind too_large, whatever the sink */
     cms_progress_fn progress; /* may be NULL */
     void *progress_ud;
+    /* > 0: the answer itself is the result (client:call, the token endpoint):
+       every body stays in resp->body, never the sink, a 2xx one up to this
+       many bytes (then resp->truncated); non-2xx ones as always */
+    long long answer_max;
 } cms_transfer_io;
 
 /*
@@ -133,6 +143,11 @@ typedef struct cms_transfer {
     int failed;         /* the sink or progress set err and aborted */
     int encoded;        /* Content-Encoding: Content-Length counts encoded bytes */
     int stray;          /* a reused connection held an unrequested answer: not sent */
+    int headers_done;   /* the blank line that ends the answer's headers came */
+    long long length;   /* Content-Length of the answer (any status), -1 if unknown */
+    long long seen;     /* body bytes libcurl handed over */
+    curl_socket_t sock; /* this transfer's socket, when known (see on_prereq) */
+    char content_length[24]; /* the answer's Content-Length header, as sent */
     struct timespec last_progress;
     char errbuf[CURL_ERROR_SIZE];
 } cms_transfer;

@@ -106,6 +106,33 @@ local function workload()
   pcall(cmsrec.sign, { ak = "a", path = "/p", headers = { host = "h" } })
   pcall(cmsrec.new, { base_url = "https://h", ak = "a", sk = "s", cafile = 1 })
   pcall(cmsrec.new, { base_url = "ftp://h", ak = "a", sk = "s" })
+  -- gateways: apig, bearer (fetched, cached, revoked, refused), extra headers, resolve,
+  -- client:call, options refused after some were taken
+  local waf = "cms.example.test:" .. mock.waf_port
+  local token_url = mock.url .. "/apigovernance/api/oauth/tokenByAkSk"
+  c = H.client{ auth = "apig", headers = { ["X-A"] = "1" }, resolve = { waf .. ":127.0.0.1" } }
+  c:download{ callID = "wav-100" }
+  c:call("/rest/x/v1/echo", { a = 1 })
+  c:call("/rest/x/v1/echo", { _reply = "array" }, { raw = true })
+  c:call("/rest/x/v1/echo", "[1]")
+  c:call("rest", {})
+  c:prepare({ callID = "1" })
+  c:close()
+  c = H.client{ auth = "bearer", token_url = token_url, headers = { ["X-B"] = "2" } }
+  c:download{ callID = "wav-100" }
+  H.mock.revoke()
+  c:download{ callID = "wav-100" }
+  c:download_many({ { callID = "wav-100" }, { callID = "wav-200" } })
+  for _ in c:chunks({ callID = "wav-2000" }) do end
+  c:prepare({ callID = "1" })
+  c:close()
+  H.client{ auth = "bearer", token_url = token_url, sk = "wrong-sk-0000000" }:download{ callID = "wav-1" }
+  H.client{ base_url = "https://" .. waf, resolve = { waf .. ":127.0.0.1" } }:download{ callID = "wav-100" }
+  pcall(cmsrec.new, H.config{ auth = "bearer", headers = { ["X-A"] = "1" }, resolve = { "a:1:127.0.0.1" },
+                              ak = "a\r\nb" })
+  pcall(cmsrec.new, H.config{ headers = { ["X-A"] = "1", Host = "x" } })
+  cmsrec.sign{ scheme = "apig", ak = "a", sk = "s", path = "/p", headers = { host = "h", x = "1" } }
+  pcall(cmsrec.sign, { scheme = "apig", ak = "a", sk = "s", path = "/p", headers = { x = "h" } })
   collectgarbage()
 end
 

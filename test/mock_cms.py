@@ -105,6 +105,46 @@ auth-v2 verified (401 resultCode 0100001 on failure), JSON body with "callID":
                       slow  sleep 10 s, then wav-N (meant for a client timeout below 10 s)
                     /_mock/expect gives the size and sha256 of wav-N
   delay-MS-N        wav-N (44 <= N <= 2**32) after MS (<= 30000) ms, on top of latency_ms
+  ---- fault suite (spec/fault_spec.lua): raw HTTP, written byte by byte ----
+  fault-nostatus    the request is read, then the connection is cut: no byte of an answer
+  fault-midheaders  half a header block ("HTTP/1.1 200 OK" CR LF "Content-Ty"), then cut
+  fault-midchunk-N  chunked wav-N: the first chunk (16 KiB) announced, half of it sent, cut
+  fault-long-N      wav-N with Content-Length N, followed in the same write by 64 bytes
+                    that no request asked for (a bogus response start); kept alive
+  fault-short-N     Content-Length N, N//2 bytes, then a clean close (TLS close_notify)
+  fault-badhex-N    chunked wav-N whose second chunk size is "zz" (not hex)
+  fault-noend-N     chunked wav-N without the final 0 chunk, then a clean close
+  fault-chunklong-N chunked: a first chunk announced as 44 bytes carrying 100 bytes of wav-N
+  fault-hugejson-C  status C (200 or 500), a 5 MiB JSON object with resultCode "1"
+                    (Content-Length set)
+  fault-jsonstring  200 application/json, the body a JSON string
+  fault-jsonnumber  200 application/json, the body the JSON number 1
+  fault-http10-N    "HTTP/1.0 200 OK", no Content-Length, wav-N, then a clean close
+  fault-http10cut-N as fault-http10-N, but only N//2 bytes before the clean close
+  fault-http10drop-N as fault-http10cut-N, but an abrupt close (no TLS close_notify)
+  fault-continue-N  "HTTP/1.1 100 Continue" before the 200 answer of wav-N
+  fault-early-N     "HTTP/1.1 103 Early Hints" with a Link header before the 200 of wav-N
+  fault-dupcl-N     wav-N with two Content-Length headers, N+10 then N-10 (whichever a
+                    client believes, it is wrong), then a clean close
+  fault-clist-N     wav-N with one header "Content-Length: N-10, N", then a clean close
+  fault-dupct-N     wav-N with two Content-Type headers (text/plain, then octet-stream)
+  fault-manyheaders the notfound answer after 3000 X-Many-i headers (about 100 KB)
+  fault-redirect-C  status C (301, 302, 303, 307 or 308) with Location: the API path on this
+                    server with ?redirected=1 (a followed redirect would count as a request)
+  fault-badstatus   "HTTP/1.1 2x0 Banana" as status line, then the notfound answer
+  fault-garbage     "SSH-2.0-OpenSSH_9.2" CR LF and other non-HTTP bytes, then close
+  Raw TCP ports, in ready.json, that fail before any HTTP while armed and otherwise
+  forward every connection to the HTTPS port (so one client can fail, then succeed):
+    refused_port    armed from the start: a bound socket that does not listen (connection
+                    refused); disarmed, it listens (for good: it cannot be armed again)
+    hang_port       accepts, then never reads nor writes: a TLS handshake that stalls
+    cut_port        accepts, then closes at once: not one byte is received
+    halfhello_port  reads the ClientHello, sends the first 10 bytes of a TLS record that
+                    announces 64, then closes: a handshake cut in the middle
+  GET /_mock/fault?NAME=K (NAME: refused, hang, cut, halfhello) arms NAME for its next K
+  connections (0 disarms; refused: K > 0 refuses, 0 listens); answers the armed counts.
+  /_mock/reset does not touch them; forwarded connections count as HTTPS connections.
+  ---- end of fault suite modes ----
   anything else     as notfound (also wav-N with N < 44, unknown-N with N < 3,
                     zip-K outside 1..1000, N > 2**32, zipbig-M outside 1..512,
                     gzipwav-N / extra-N outside 44..64 MiB)
@@ -129,7 +169,8 @@ that order, strings of at most 256 bytes without control characters (C0, DEL, C1
 callID not empty, beginTime empty or a real yyyyMMddHHmmss; a signature that
 verifies. A request that breaks one, or that http.server refuses before any handler
 (a request line or header line over 64 KiB, more than 100 headers, a bad request
-line, an unknown method), counts as malformed. /_mock/strict answers {seen,
+line, an unknown method), counts as malformed (the token endpoint and the echo paths,
+below, are not checked: their bodies are not this interface's). /_mock/strict answers {seen,
 malformed, reason, bodies: {"<the five values joined by \x1f>": count}}.
 
 /_mock/stats (JSON; reset clears every counter, a setting goes back to its default):
@@ -153,6 +194,34 @@ malformed, reason, bodies: {"<the five values joined by \x1f>": count}}.
   per_call_times    {callID: [the receive times of its last 100 POSTs]}: for backoff
   strict_seen       requests the strict checks saw (control ones aside)
   malformed         of those, the ones that broke a rule; malformed_reason: the last's
+
+Gateways (cms-protocol.md, "Other authentication seen in the field"):
+  Schemes. Every API and echo request is verified by the scheme its Authorization header
+  names (stats.last.scheme): "SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=..."
+  (the API gateway's signer, written here independently of the module: path segments
+  unquoted and quoted again with a trailing '/', header values as received; --self-test
+  checks vector V4), "Bearer <token>" with X-APP-Key = the AK (a token issued below, not
+  revoked or expired), else auth-v2. A failure is 401 resultCode 0100001.
+  Token endpoint: POST /apigovernance/api/oauth/tokenByAkSk {"app_key","app_secret"}
+  (no Authorization) answers 200 {"AccessToken","expiresIn"} for the mock's AK/SK, 401
+  {"error","message"} otherwise. Settings (/_mock/set, back to the default on reset):
+    token_ttl=S      lifetime of new tokens, 1..86400 s (default 3600), sent as expiresIn
+    token_mode=M     ok (default) | noaccess (200 {"resultCode":"1",...}: no AccessToken)
+                     | 503 (503 with Retry-After: 1)
+    bearer_reject=1  every bearer request is refused (401, the token quoted in resultDesc,
+                     as a careless gateway might): a refresh cannot help
+  /_mock/revoke (GET) revokes every token issued so far. Stats: tokens_issued,
+  token_requests (answered token requests, refusals included), waf_refused.
+  WAF port (ready.json waf_port, waf_name): HTTPS with a certificate for DNS:cms.example.test
+  and IP:127.0.0.1 (so that a connection by IP passes the certificate check and meets the
+  WAF), signed by the mock CA. A request whose TLS SNI is not cms.example.test (a
+  connection by IP sends none) is answered 418 {"error": ...}; with it, the port serves
+  exactly what the HTTPS port serves.
+  Echo: any other POST path containing /rest/ is verified like the API, recorded in
+  stats.last (and stats.requests), and answers 200
+  {"resultCode":"0","resultDesc":"success","resultData":{"echo": <the JSON sent>}}, unless
+  the body has "_reply": "array" (200 [1,2,3]), "html" (200 an HTML page), "status-C"
+  (status C, {"error": "mock C"}), "big-N" (200 a JSON object of about N bytes, N <= 64 MiB).
 """
 import argparse
 import collections
@@ -208,6 +277,14 @@ HDR_RE = re.compile(r"[a-z0-9-]+", re.ASCII)
 NUM_RE = re.compile(r"\d+(\.\d+)?", re.ASCII)
 RETRY_RE = re.compile(r"retry-(\d+)-(flow|503|429|drop|slow)-(\d+)", re.ASCII)
 DELAY_RE = re.compile(r"delay-(\d+)-(\d+)", re.ASCII)
+# gateways
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
+WAF_NAME = "cms.example.test"
+TOKEN_TTL = 3600           # default lifetime of a token, seconds
+TOKEN_MODES = ("ok", "noaccess", "503")
+APIG_RE = re.compile(r"SDK-HMAC-SHA256 Access=([^,\s]+), SignedHeaders=([^,\s]+), "
+                     r"Signature=([0-9a-f]{64})", re.ASCII)
+SDK_DATE_RE = re.compile(r"\d{8}T\d{6}Z", re.ASCII)
 
 
 def result(code, desc):
@@ -262,6 +339,49 @@ def sign(ak, sk, timestamp, signed_headers, canonical):
     return key, hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
+# ---------------------------------------------------------------- SDK-HMAC-SHA256 signer
+
+
+def apig_uri(path):
+    """Each segment unquoted, then quoted with only unreserved bytes kept; a trailing '/'."""
+    uri = "/".join(quote(unquote_to_bytes(seg), safe="~") for seg in path.split("/"))
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def apig_canonical(method, path, query, signed, values, body):
+    """query: [(key, value)] as bytes; signed: sorted lowercase names; values: {name: bytes}."""
+    q = "&".join(sorted(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query))
+    headers = b"".join(n.encode() + b":" + values[n].strip() + b"\n" for n in signed)
+    return b"\n".join([method.upper().encode(), apig_uri(path).encode(), q.encode(), headers,
+                       ";".join(signed).encode(), hashlib.sha256(body).hexdigest().encode()])
+
+
+def apig_sign(sk, date, canonical):
+    """(string to sign, signature)."""
+    sts = b"SDK-HMAC-SHA256\n" + date.encode() + b"\n" + \
+        hashlib.sha256(canonical).hexdigest().encode()
+    return sts, hmac.new(sk.encode(), sts, hashlib.sha256).hexdigest()
+
+
+def self_test_apig():
+    """Vector V4 of cms-protocol.md: [(name, got, want)]."""
+    values = {"content-type": b"application/json;charset=UTF-8", "host": b"10.22.26.181:28080",
+              "x-sdk-date": b"20241031T140652Z"}
+    canon = apig_canonical("POST", "/rest/cmsapp/v1/ping", [], sorted(values), values,
+                           b'{"say": "Hello world!"}')
+    sts, sig = apig_sign("example-sk-0123456789", "20241031T140652Z", canon)
+    return [
+        ("V4 canonical request", canon.decode(),
+         "POST\n/rest/cmsapp/v1/ping/\n\ncontent-type:application/json;charset=UTF-8\n"
+         "host:10.22.26.181:28080\nx-sdk-date:20241031T140652Z\n\ncontent-type;host;x-sdk-date\n"
+         "9a02a6785649cc14afb95999a3ddbb7bed2370840b9bca6d403c0b8dbf1d40a9"),
+        ("V4 string to sign", sts.decode(), "SDK-HMAC-SHA256\n20241031T140652Z\n"
+         "5a2899caf872bbfa54f09ca2b35f8f6c60fd803621d00b317ae68e46b5db1bc6"),
+        ("V4 signature", sig, "c34e6acee3d185e6c72e77d72331e863ad694280734904f68daaeb3046125adb"),
+        ("apig path encoding", apig_uri("/rest/a%41b/c!d"), "/rest/aAb/c%21d/"),
+    ]
+
+
 def self_test():
     ak, sk, ts = "globalaktest", "example-sk-0123456789", "2024-10-31T14:06:52Z"
     path, body = "/rest/cmsapp/v1/ping", b'{"say": "Hello world!"}'
@@ -289,7 +409,7 @@ def self_test():
         ("V3 canonical request", c3,
          "GET\n/rest/cmsapp/v1/ping\na=1%2F2&b=x%20y\nhost\nhost:10.22.26.181%3A28080\n"),
         ("V3 signature", s3, "bf9b5078cf12b5efd40b94a325e2297f2b94adeba6bcdfa9e5cbad643784bed0"),
-    ]
+    ] + self_test_apig()
     failed = [(name, got, want) for name, got, want in checks if got != want]
     for name, got, want in failed:
         print(f"self-test FAILED: {name}")
@@ -496,6 +616,10 @@ class State:
             self.open_epoch = self.max_open = 0
             self.request_times = collections.deque(maxlen=REQUEST_TIMES)
             self.per_call, self.per_call_times, self.attempts = {}, {}, {}
+            # gateways
+            self.tokens = {}  # token -> expiry (time.monotonic())
+            self.tokens_issued = self.token_requests = self.waf_refused = 0
+            self.token_ttl, self.token_mode, self.bearer_reject = TOKEN_TTL, "ok", False
             self.strict = StrictStats()
 
     def count_connection(self):
@@ -532,7 +656,8 @@ class State:
         last = {"method": handler.command, "path": handler.target,
                 "headers": {}, "body": body.decode("utf-8", "replace"),
                 "auth_ok": checked and err is None, "auth_error": err,
-                "callID": cid, "canonical_request": canon}
+                "callID": cid, "canonical_request": canon,
+                "scheme": getattr(handler, "_scheme", None)}
         for name, value in handler.headers.items():
             name = name.lower()
             last["headers"][name] = (last["headers"][name] + ", " + value
@@ -561,11 +686,35 @@ class State:
                     "request_times": sorted(self.request_times),
                     "per_call": dict(self.per_call),
                     "per_call_times": {k: sorted(v) for k, v in self.per_call_times.items()},
-                    **self.strict.snapshot()}
+                    "tokens_issued": self.tokens_issued, "token_requests": self.token_requests,
+                    "waf_refused": self.waf_refused, **self.strict.snapshot()}
 
     def settings(self):
         with self.lock:
-            return {"latency_ms": self.latency_ms}
+            return {"latency_ms": self.latency_ms, "token_ttl": self.token_ttl,
+                    "token_mode": self.token_mode, "bearer_reject": self.bearer_reject}
+
+    # -- gateways: bearer tokens
+
+    def issue_token(self):
+        """A new token and its lifetime in seconds."""
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = time.monotonic() + self.token_ttl
+            self.tokens_issued += 1
+            return token, self.token_ttl
+
+    def token_problem(self, token):
+        """Why `token` is refused, or None."""
+        with self.lock:
+            expiry = self.tokens.get(token)
+            if expiry is None:
+                return "unknown or revoked token"
+            if time.monotonic() >= expiry:
+                return "expired token"
+            if self.bearer_reject:
+                return f"token {token} is not allowed to call this API"
+        return None
 
     def log(self, line):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
@@ -741,6 +890,12 @@ def strict_body_problem(body):
     return None, "\x1f".join(vals)
 
 
+def gateway_path(target):
+    """The token endpoint and echo paths: not downloadRecordFile, so not strict-checked."""
+    path = target.split(b"?", 1)[0]
+    return path == TOKEN_PATH.encode() or (b"/rest/" in path and not path.endswith(API_SUFFIX.encode()))
+
+
 class StrictChecks:
     """Mixed into Handler: the checks run in parse_request (see above)."""
 
@@ -770,7 +925,7 @@ class StrictChecks:
             ok = super().parse_request()  # refusing, it calls send_error (counted there)
         finally:
             self.rfile = real
-        if ok and not words[1].startswith(b"/_mock/"):
+        if ok and not words[1].startswith(b"/_mock/") and not gateway_path(words[1]):
             self._strict_counted = True
             self.server.state.strict.saw(*self._strict_problem(lines, end))
         return ok
@@ -811,9 +966,11 @@ class MockServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of 64+ parallel connects
 
-    def __init__(self, state, scheme, ssl_ctx=None, main=False):
-        """main: the HTTPS port, whose connections and handshakes are counted."""
+    def __init__(self, state, scheme, ssl_ctx=None, main=False, waf=False):
+        """main: the HTTPS port, whose connections and handshakes are counted;
+        waf: the WAF port (418 without the right SNI)."""
         self.state, self.scheme, self.ssl_ctx, self.main = state, scheme, ssl_ctx, main
+        self.waf = waf
         super().__init__(("127.0.0.1", 0), Handler)
 
     def server_bind(self):  # skip HTTPServer's slow getfqdn() lookup
@@ -846,7 +1003,306 @@ class MockServer(ThreadingHTTPServer):
                        f"error: {type(exc).__name__}: {exc}")
 
 
-class Handler(StrictChecks, BaseHTTPRequestHandler):
+# ---------------------------------------------------------------- fault suite modes
+# Answers for spec/fault_spec.lua (see "fault suite" in the docstring): malformed
+# HTTP written as raw bytes on the connection, and raw TCP ports that fail before
+# any HTTP. Kept in this block so that other additions to the mock merge cleanly.
+
+FAULT_RE = re.compile(r"fault-([a-z0-9]+)(?:-(\d+))?", re.ASCII)
+FAULT_HUGE = 5 << 20       # bytes of the fault-hugejson-C body
+FAULT_MANY = 3000          # headers of fault-manyheaders
+
+
+def fault_hugejson():
+    head = b'{"resultCode":"1","resultDesc":"Record List is empty","resultData":"'
+    return head + b"x" * (FAULT_HUGE - len(head) - 2) + b'"}'
+
+
+class FaultMixin:
+    """Handler methods of the fault-* modes."""
+
+    def _fault(self, cid):
+        m = FAULT_RE.fullmatch(cid)
+        name, n = (m.group(1), int(m.group(2) or 0)) if m else ("", 0)
+        sized = ("midchunk", "long", "short", "badhex", "noend", "chunklong", "http10",
+                 "http10cut", "http10drop", "continue", "early", "dupcl", "clist", "dupct")
+        if name in sized and not 44 <= n <= MAX_SMALL:
+            return self._reply(*FIXED["notfound"])
+        self._note = f" (fault: {name})"
+        how = getattr(self, "_fault_" + name, None)
+        if how is None or (name == "hugejson" and n not in (200, 500)) \
+                or (name == "redirect" and n not in (301, 302, 303, 307, 308)):
+            return self._reply(*FIXED["notfound"])
+        try:
+            return how(n)
+        except OSError as exc:  # the client hung up: expected for most of these
+            self.close_connection = True
+            self._note += f" (client hung up: {type(exc).__name__})"
+            return None
+
+    def _raw(self, data):
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _clean_close(self):
+        """End the connection as a server that means to: TLS close_notify, then FIN."""
+        self.close_connection = True
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(2)
+            try:
+                self.connection.unwrap()
+            except (OSError, ValueError):
+                pass
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _head(self, status_line, headers):
+        self._status = int(status_line.split()[1]) if status_line.split()[1].isdigit() else "-"
+        lines = [status_line] + [f"{k}: {v}" for k, v in headers]
+        self._raw(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _fault_nostatus(self, n):
+        return self._abort()
+
+    def _fault_midheaders(self, n):
+        self._raw(b"HTTP/1.1 200 OK\r\nContent-Ty")
+        time.sleep(0.1)
+        return self._abort()
+
+    def _fault_midchunk(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Transfer-Encoding", "chunked")])
+        data = wav_bytes(n)[:CHUNK]
+        self._raw(b"%x\r\n" % CHUNK + data[:len(data) // 2])
+        time.sleep(0.1)
+        return self._abort()
+
+    def _fault_long(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        extra = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nNOT-YOUR-ANSWER-...."
+        self._raw(wav_bytes(n) + extra + b"." * (64 - len(extra)))
+
+    def _fault_short(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        self._raw(wav_bytes(n)[:n // 2])
+        return self._clean_close()
+
+    def _chunked_head(self):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Transfer-Encoding", "chunked")])
+
+    def _fault_badhex(self, n):
+        self._chunked_head()
+        data = wav_bytes(n)
+        self._raw(b"%x\r\n%s\r\nzz\r\n%s\r\n0\r\n\r\n" % (n // 2, data[:n // 2], data[n // 2:]))
+
+    def _fault_noend(self, n):
+        self._chunked_head()
+        data = wav_bytes(n)
+        for i in range(0, n, CHUNK):
+            piece = data[i:i + CHUNK]
+            self._raw(b"%x\r\n%s\r\n" % (len(piece), piece))
+        return self._clean_close()
+
+    def _fault_chunklong(self, n):
+        self._chunked_head()
+        self._raw(b"2c\r\n%s\r\n0\r\n\r\n" % wav_bytes(n)[:100])
+
+    def _fault_hugejson(self, code):
+        body = fault_hugejson()
+        self._head(f"HTTP/1.1 {code} {'OK' if code == 200 else 'Internal Server Error'}",
+                   [("Content-Type", JSON_CT), ("Content-Length", len(body))])
+        for i in range(0, len(body), BLOCK):
+            self.wfile.write(body[i:i + BLOCK])
+        self.wfile.flush()
+
+    def _fault_jsonstring(self, n):
+        self._reply(200, b'"Record List is empty"', JSON_CT)
+
+    def _fault_jsonnumber(self, n):
+        self._reply(200, b"1", JSON_CT)
+
+    def _http10(self, n, cut, clean):
+        self._head("HTTP/1.0 200 OK", [("Content-Type", "application/octet-stream")])
+        data = wav_bytes(n)
+        self._raw(data[:n // 2] if cut else data)
+        return self._clean_close() if clean else self._abort()
+
+    def _fault_http10(self, n):
+        return self._http10(n, False, True)
+
+    def _fault_http10cut(self, n):
+        return self._http10(n, True, True)
+
+    def _fault_http10drop(self, n):
+        return self._http10(n, True, False)
+
+    def _fault_continue(self, n):
+        self._raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._stream(n, "application/octet-stream", wav_pieces(n))
+
+    def _fault_early(self, n):
+        self._raw(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        self._stream(n, "application/octet-stream", wav_pieces(n))
+
+    def _fault_dupcl(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n + 10), ("Content-Length", n - 10)])
+        self._raw(wav_bytes(n))
+        return self._clean_close()
+
+    def _fault_clist(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", f"{n - 10}, {n}")])
+        self._raw(wav_bytes(n))
+        return self._clean_close()
+
+    def _fault_redirect(self, code):
+        where = f"https://127.0.0.1:{self.server.state.https_port}{API_SUFFIX}?redirected=1"
+        self._reply(code, {"error": f"mock {code}"}, headers={"Location": where})
+
+    def _fault_control(self):
+        """GET /_mock/fault?NAME=K: arm the raw fault ports (see the docstring)."""
+        ports = self.server.fault_ports
+        query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+        for name, values in query.items():
+            if name not in ports.armed or not values[-1].isdigit():
+                return self._reply(400, {"error": f"want NAME=K, NAME in {sorted(ports.armed)}"})
+            ports.arm(name, int(values[-1]))
+        return self._reply(200, ports.counts())
+
+    def _fault_dupct(self, n):
+        self._head("HTTP/1.1 200 OK", [("Content-Type", "text/plain"),
+                                       ("Content-Type", "application/octet-stream"),
+                                       ("Content-Length", n)])
+        self._raw(wav_bytes(n))
+
+    def _fault_manyheaders(self, n):
+        headers = [("Content-Type", "text/plain"), ("Content-Length", len(NOTFOUND))]
+        headers += [(f"X-Many-{i}", "v" * 24) for i in range(FAULT_MANY)]
+        self._head("HTTP/1.1 200 OK", headers)
+        self._raw(NOTFOUND)
+
+    def _fault_badstatus(self, n):
+        self._raw(b"HTTP/1.1 2x0 Banana\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(NOTFOUND), NOTFOUND))
+        return self._clean_close()
+
+    def _fault_garbage(self, n):
+        self._raw(b"SSH-2.0-OpenSSH_9.2\r\n\x00\x01\x02 not http at all\r\n")
+        return self._clean_close()
+
+
+def fault_pipe(src, dst):
+    """Copy src to dst until EOF or an error, then end dst's sending side."""
+    try:
+        while True:
+            data = src.recv(BLOCK)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class FaultPorts:
+    """The raw TCP ports of the fault suite: armed ones fail, others forward to
+    the HTTPS port."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.https_port = 0
+        self.armed = {"refused": 1, "hang": 0, "cut": 0, "halfhello": 0}
+        self.held = []   # hang's connections: open until exit
+        self.socks = {}
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))  # bound, not listening: connecting is refused
+        self.socks["refused"] = refused
+        for name in ("hang", "cut", "halfhello"):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            self.socks[name] = sock
+            self._serve(name)
+
+    def ports(self):
+        return {f"{name}_port": sock.getsockname()[1] for name, sock in self.socks.items()}
+
+    def counts(self):
+        with self.lock:
+            return dict(self.armed)
+
+    def arm(self, name, k):
+        with self.lock:
+            was, self.armed[name] = self.armed[name], k
+        if name == "refused" and was and not k:  # start listening (for good)
+            self.socks["refused"].listen(16)
+            self._serve("refused")
+
+    def close(self):
+        for sock in [*self.socks.values(), *self.held]:
+            sock.close()
+
+    def _serve(self, name):
+        sock = self.socks[name]
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return  # closed at exit
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with self.lock:
+                    fail = name != "refused" and self.armed[name] > 0
+                    if fail:
+                        self.armed[name] -= 1
+                how = getattr(self, "_" + name) if fail else self._forward
+                threading.Thread(target=how, args=(conn,), daemon=True).start()
+        threading.Thread(target=loop, daemon=True).start()
+
+    def _hang(self, conn):
+        with self.lock:
+            self.held.append(conn)
+
+    def _cut(self, conn):
+        conn.close()
+
+    def _halfhello(self, conn):
+        try:
+            conn.settimeout(5)
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c\x03")  # 10 of 69 bytes
+        except OSError:
+            pass
+        conn.close()
+
+    def _forward(self, conn):
+        try:
+            up = socket.create_connection(("127.0.0.1", self.https_port), timeout=5)
+            up.settimeout(None)
+        except OSError:
+            return conn.close()
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=fault_pipe, args=(up, conn), daemon=True)
+        back.start()
+        fault_pipe(conn, up)
+        back.join()
+        conn.close()
+        up.close()
+
+# ---------------------------------------------------------------- end of fault suite modes
+
+
+class Handler(StrictChecks, FaultMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockCMS/1.0"
     timeout = 60  # idle keep-alive / slow request bodies
@@ -868,6 +1324,7 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
     def do_GET(self):
         self.received = time.monotonic()
         self._status, self._cid, self._note, self._body_read = "-", None, "", False
+        self._scheme = None
         # self.path has leading "//" collapsed by http.server: use the raw request target
         self.target = self.requestline.split()[1]
         path = self.target.split("?", 1)[0]
@@ -877,6 +1334,8 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
                 time.sleep(latency / 1000)
             if control:
                 self._control(path)
+            elif self._gateway(path):  # the WAF, the token endpoint, echo paths
+                pass
             elif not path.endswith(API_SUFFIX):
                 self._reply(404, {"error": "not found"})
             elif self.command != "POST":
@@ -1002,9 +1461,13 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
         if path == "/_mock/reset":
             state.reset()
             return self._reply(200, {"ok": True})
+        if path == "/_mock/revoke":
+            with state.lock:
+                revoked, state.tokens = len(state.tokens), {}
+            return self._reply(200, {"revoked": revoked})
         if path == "/_mock/set":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
-            unknown = sorted(set(query) - {"latency_ms"})
+            unknown = sorted(set(query) - {"latency_ms", "token_ttl", "token_mode", "bearer_reject"})
             if unknown:
                 return self._reply(400, {"error": "unknown setting: " + ", ".join(unknown)})
             if "latency_ms" in query:
@@ -1013,9 +1476,14 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
                     return self._reply(400, {"error": f"latency_ms: want 0..{MAX_LATENCY_MS}"})
                 with state.lock:
                     state.latency_ms = int(value) if value.isdigit() else float(value)
+            problem = self._gateway_settings(query)
+            if problem:
+                return self._reply(400, {"error": problem})
             return self._reply(200, state.settings())
         if path == "/_mock/strict":
             return self._reply(200, state.strict.details())
+        if path == "/_mock/fault":  # the fault suite's raw ports (FaultMixin)
+            return self._fault_control()
         if path == "/_mock/expect":
             query = parse_qs(self.target.partition("?")[2], keep_blank_values=True)
             self._cid = query.get("callID", [""])[0]
@@ -1024,6 +1492,171 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
                 return self._reply(404, {"error": "no success body for this callID"})
             return self._reply(200, ans)
         return self._reply(404, {"error": "not found"})
+
+    # -- gateways: schemes, the token endpoint, the WAF, echo paths
+
+    def _verify(self, body):
+        """Check Authorization by the scheme it names: (error or None, canonical request)."""
+        auth = self.headers.get_all("Authorization") or []
+        first = auth[0].strip() if len(auth) == 1 else ""
+        if first.startswith("SDK-HMAC-SHA256 "):
+            self._scheme = "apig"
+            return self._verify_apig(first, body)
+        if first.startswith("Bearer "):
+            self._scheme = "bearer"
+            return self._verify_bearer(first)
+        self._scheme = "auth-v2"
+        return self._verify_v2(body)
+
+    def _verify_apig(self, auth, body):
+        state = self.server.state
+        m = APIG_RE.fullmatch(auth)
+        if not m:
+            return "malformed SDK-HMAC-SHA256 Authorization header", None
+        ak, signed, sig = m.groups()
+        if ak != state.ak:
+            return "unknown AK", None
+        names = signed.split(";")
+        if not all(HDR_RE.fullmatch(h) for h in names) or names != sorted(set(names)):
+            return "bad SignedHeaders (want lowercase, sorted, unique)", None
+        if "host" not in names or "x-sdk-date" not in names:
+            return "SignedHeaders must include host and x-sdk-date", None
+        values = {}
+        for name in names:
+            got = self.headers.get_all(name) or []
+            if len(got) != 1:
+                return f"signed header {'duplicate' if got else 'missing'}: {name}", None
+            values[name] = got[0].encode("latin-1")  # the raw bytes received
+        date = values["x-sdk-date"].decode("latin-1")
+        try:
+            if not SDK_DATE_RE.fullmatch(date):
+                raise ValueError
+            datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            return "bad X-Sdk-Date", None
+        raw_path, _, qs = self.target.partition("?")
+        query = [(unquote_to_bytes(k), unquote_to_bytes(v))
+                 for k, _, v in (p.partition("=") for p in qs.split("&") if p)]
+        canon = apig_canonical(self.command, raw_path, query, names, values, body)
+        want = apig_sign(state.sk, date, canon)[1]
+        text = canon.decode("utf-8", "replace")
+        if not hmac.compare_digest(want.encode(), sig.encode()):
+            return "signature mismatch", text
+        return None, text
+
+    def _verify_bearer(self, auth):
+        state = self.server.state
+        if (self.headers.get_all("X-APP-Key") or []) != [state.ak]:
+            return "missing or wrong X-APP-Key", None
+        return state.token_problem(auth[len("Bearer "):].strip()), None
+
+    def _gateway(self, path):
+        """The WAF check, the token endpoint, the echo paths: True when handled here."""
+        state = self.server.state
+        if self.server.waf:
+            sni = getattr(self.connection, "mock_sni", None)
+            if sni != WAF_NAME:
+                with state.lock:
+                    state.waf_refused += 1
+                self._note = f" (WAF: SNI {sni!r})"
+                self._reply(418, {"error": "request blocked: connect by host name (SNI)"})
+                return True
+        if path == TOKEN_PATH or ("/rest/" in path and not path.endswith(API_SUFFIX)):
+            if self.command != "POST":
+                self._reply(405, {"error": "method not allowed"}, headers={"Allow": "POST"})
+            elif path == TOKEN_PATH:
+                self._token()
+            else:
+                self._echo()
+            return True
+        return False
+
+    def _gateway_body(self):
+        """The request body, or None (answered, or the connection closed)."""
+        length = self.headers.get("Content-Length", "").strip()
+        if "Transfer-Encoding" in self.headers or not (length.isascii() and length.isdigit()) \
+                or int(length) > MAX_REQUEST:
+            self._reply(411, {"error": "Content-Length (<= 1 MiB) required"}, close=True)
+            return None
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            self.close_connection, self._note = True, " (request body truncated)"
+            return None
+        self._body_read = True
+        return body
+
+    def _token(self):
+        state = self.server.state
+        body = self._gateway_body()
+        if body is None:
+            return None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        with state.lock:
+            state.token_requests += 1
+            mode = state.token_mode
+        if mode == "503":
+            return self._reply(503, {"error": "mock token 503"}, headers={"Retry-After": "1"})
+        if not isinstance(obj, dict) or obj.get("app_key") != state.ak \
+                or obj.get("app_secret") != state.sk:
+            self._note = " (token: wrong app_key or app_secret)"
+            return self._reply(401, {"error": "Unauthorized",
+                                     "message": "Incorrect app_key or app_secret"})
+        if mode == "noaccess":
+            return self._reply(200, result("1", "the app is disabled"))
+        token, ttl = state.issue_token()
+        self._note = " (token issued)"
+        return self._reply(200, {"AccessToken": token, "expiresIn": ttl})
+
+    def _echo(self):
+        state = self.server.state
+        body = self._gateway_body()
+        if body is None:
+            return None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        err, canon = self._verify(body)
+        state.record(self, body, None, err, canon)
+        if err:
+            self._note = f" (auth: {err})"
+            return self._reply(401, result("0100001", f"Authentication failed: {err}"))
+        reply = str(obj.get("_reply")) if isinstance(obj, dict) else ""
+        kind, _, arg = reply.partition("-")
+        if reply == "array":
+            return self._reply(200, b"[1,2,3]")
+        if reply == "html":
+            return self._reply(200, FIXED["html"][1], "text/html")
+        if kind == "status" and arg.isdigit() and 200 <= int(arg) <= 599:
+            return self._reply(int(arg), {"error": f"mock {arg}"})
+        if kind == "big" and arg.isdigit() and int(arg) <= MAX_SMALL:
+            return self._reply(200, {"resultCode": "0", "resultData": {"pad": "x" * int(arg)}})
+        return self._reply(200, {"resultCode": "0", "resultDesc": "success",
+                                 "resultData": {"echo": obj}})
+
+    def _gateway_settings(self, query):
+        """token_ttl, token_mode, bearer_reject from /_mock/set: an error, or None."""
+        state = self.server.state
+        ttl = query.get("token_ttl", [None])[-1]
+        mode = query.get("token_mode", [None])[-1]
+        reject = query.get("bearer_reject", [None])[-1]
+        if ttl is not None and not (ttl.isascii() and ttl.isdigit() and 1 <= int(ttl) <= 86400):
+            return "token_ttl: want 1..86400"
+        if mode is not None and mode not in TOKEN_MODES:
+            return "token_mode: want one of " + ", ".join(TOKEN_MODES)
+        if reject is not None and reject not in ("0", "1"):
+            return "bearer_reject: want 0 or 1"
+        with state.lock:
+            if ttl is not None:
+                state.token_ttl = int(ttl)
+            if mode is not None:
+                state.token_mode = mode
+            if reject is not None:
+                state.bearer_reject = reject == "1"
+        return None
 
     # -- the API
 
@@ -1060,7 +1693,7 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
             return self._reply(200, result("0100003", "Parameter error: callID"))
         self._answer(self._cid, path)
 
-    def _verify(self, body):
+    def _verify_v2(self, body):
         """Check the auth-v2 Authorization header: (error or None, canonical request)."""
         state = self.server.state
         auth = self.headers.get_all("Authorization") or []
@@ -1104,6 +1737,8 @@ class Handler(StrictChecks, BaseHTTPRequestHandler):
 
     def _answer(self, cid, path):
         kind, _, arg = cid.partition("-")
+        if kind == "fault":  # the fault suite's raw answers (FaultMixin)
+            return self._fault(cid)
         num = float(arg) if NUM_RE.fullmatch(arg) else None
         if cid in FIXED:
             return self._reply(*FIXED[cid])
@@ -1218,6 +1853,11 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = DNS:other.invalid
+[v3_waf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:cms.example.test, IP:127.0.0.1
 """
 
 
@@ -1239,6 +1879,11 @@ def blackhole():
     return sock, fillers
 
 
+def remember_sni(sslsock, server_name, _ctx):
+    """The WAF port's SNI callback: the name the client sent (None by IP), for _gateway."""
+    sslsock.mock_sni = server_name
+
+
 def make_certs(d):
     def p(name):
         return os.path.join(d, name)
@@ -1250,7 +1895,7 @@ def make_certs(d):
 
     with open(p("openssl.cnf"), "w") as f:
         f.write(OPENSSL_CNF)
-    for name in ("ca", "other-ca", "server", "wrongname"):
+    for name in ("ca", "other-ca", "server", "wrongname", "waf"):
         run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-out", p(name + ".key"))
     for name, cn in (("ca", "cmsrec mock CA"), ("other-ca", "cmsrec unrelated CA")):
@@ -1268,7 +1913,13 @@ def make_certs(d):
     run("x509", "-req", "-in", p("wrongname.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
         "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
         "-extfile", p("openssl.cnf"), "-extensions", "v3_wrongname", "-out", p("wrongname.pem"))
-    for name in ("server.csr", "wrongname.csr", "openssl.cnf"):
+    # the WAF port: the name in SNI is what it checks (and an IP SAN, see the docstring)
+    run("req", "-new", "-config", p("openssl.cnf"), "-key", p("waf.key"),
+        "-subj", "/CN=" + WAF_NAME, "-out", p("waf.csr"))
+    run("x509", "-req", "-in", p("waf.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-set_serial", str(secrets.randbits(100)), "-days", "825", "-sha256",
+        "-extfile", p("openssl.cnf"), "-extensions", "v3_waf", "-out", p("waf.pem"))
+    for name in ("server.csr", "wrongname.csr", "waf.csr", "openssl.cnf"):
         os.remove(p(name))
 
 
@@ -1477,8 +2128,12 @@ def main(argv=None):
     ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
     wrong = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     wrong.load_cert_chain(os.path.join(d, "wrongname.pem"), os.path.join(d, "wrongname.key"))
+    waf = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    waf.load_cert_chain(os.path.join(d, "waf.pem"), os.path.join(d, "waf.key"))
+    waf.sni_callback = remember_sni
+    waf_server = MockServer(state, "https", waf, waf=True)
     servers = [MockServer(state, "https", ctx, main=True), MockServer(state, "http"),
-               MockServer(state, "https", wrong)]
+               MockServer(state, "https", wrong), waf_server]
     state.https_port = servers[0].server_address[1]
     tls_servers, tls_info = tls_fault_servers(state, d, ctx, wrong)
     servers += tls_servers
@@ -1486,10 +2141,16 @@ def main(argv=None):
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
     hole, hole_fillers = blackhole()  # kept open until exit
+    fault_ports = FaultPorts()  # the fault suite's raw ports
+    fault_ports.https_port = state.https_port
+    for srv in servers:
+        srv.fault_ports = fault_ports
     info = {"https_port": servers[0].server_address[1], "http_port": servers[1].server_address[1],
             "wrong_name_port": servers[2].server_address[1],
             "blackhole_port": hole.getsockname()[1],
+            "waf_port": waf_server.server_address[1], "waf_name": WAF_NAME,
             "pid": os.getpid(), "ak": args.ak, "ca": os.path.join(d, "ca.pem"), **tls_info}
+    info.update(fault_ports.ports())
     with open(ready + ".tmp", "w") as f:
         json.dump(info, f)
     os.replace(ready + ".tmp", ready)
@@ -1500,6 +2161,7 @@ def main(argv=None):
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+    fault_ports.close()
     for sock in [hole, *hole_fillers]:
         sock.close()
     with state.lock:

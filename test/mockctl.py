@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Query a running mock CMS (test/mock_cms.py) over its plain-HTTP control port.
 
-usage: mockctl.py STATE_DIR stats|strict|reset|expect CALLID|set NAME VALUE|tls [MODE]
+usage: mockctl.py STATE_DIR stats|strict|reset|revoke|expect CALLID|set NAME VALUE|tls [MODE]
   stats           the counters (/_mock/stats)
   strict          the strict request checks, with every body seen (/_mock/strict)
   reset           clear them, settings back to their defaults (/_mock/reset)
+  revoke          revoke every bearer token issued so far (/_mock/revoke)
   expect CALLID   size and sha256 of the success body of CALLID (/_mock/expect)
   set NAME VALUE  change a setting, e.g. `set latency_ms 20` (/_mock/set)
   tls [MODE]      what tls_switch_port serves, e.g. `tls expired` (/_mock/tls)
@@ -22,7 +23,8 @@ def main():
     state, cmd = sys.argv[1], sys.argv[2]
     with open(f"{state}/ready.json") as f:
         port = json.load(f)["http_port"]
-    path = {"stats": "/_mock/stats", "reset": "/_mock/reset", "strict": "/_mock/strict"}.get(cmd)
+    path = {"stats": "/_mock/stats", "reset": "/_mock/reset", "strict": "/_mock/strict",
+            "revoke": "/_mock/revoke"}.get(cmd)
     if cmd == "expect":
         path = "/_mock/expect?callID=" + urllib.parse.quote(sys.argv[3])
     if cmd == "set":

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../src/cms_classify.h"
+#include "../src/cms_gateway.h"
 #include "../src/cms_job.h"
 #include "../src/cms_request.h"
 #include "../src/cms_secret.h"
@@ -233,6 +234,15 @@ static void test_classify(void)
        "sniff JSON after a BOM and spaces");
     ok(cms_sniff((const unsigned char *)"RIFF", 4) == CMS_FMT_UNKNOWN, "short RIFF is unknown");
     ok(cms_sniff((const unsigned char *)"ID3x", 4) == CMS_FMT_UNKNOWN, "sniff unknown");
+    /* a bare JSON value labelled JSON is an answer; WAV and ZIP stay recordings */
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/json;charset=UTF-8"), "JSON-typed is an answer");
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "Application/JSON ; q=1"), "media type case-insensitive");
+    ok(cms_is_answer(CMS_FMT_UNKNOWN, "application/problem+json"), "+json is an answer");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/octet-stream"), "octet-stream is not");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, "application/jsonx"), "jsonx is not JSON");
+    ok(!cms_is_answer(CMS_FMT_UNKNOWN, ""), "no content type: a recording");
+    ok(!cms_is_answer(CMS_FMT_WAV, "application/json"), "a WAV labelled JSON is a recording");
+    ok(cms_is_answer(CMS_FMT_TEXT, "audio/wav"), "text is an answer whatever the label");
 
     cms_error_clear(&err);
     cms_classify_status(401, "bad", -1, &err);
@@ -703,6 +713,189 @@ static void test_tls_alert(void)
     ok(!cms_tls_alert(CURLE_RECV_ERROR, NULL), "nor no message");
 }
 
+/* ===== gateways: SDK-HMAC-SHA256 (V4), extra headers, resolve, the bearer token ===== */
+
+static int sign_apig_vector(const cms_kv *h, size_t nh, const char *path, const char *ts,
+                            cms_signature *sig, cms_error *err)
+{
+    cms_sign_input in;
+
+    memset(&in, 0, sizeof in);
+    in.ak = "globalaktest";
+    in.sk = (const unsigned char *)"example-sk-0123456789";
+    in.sk_len = strlen("example-sk-0123456789");
+    in.method = "post";
+    in.path = path;
+    in.headers = h;
+    in.nheaders = nh;
+    in.body = vec_body;
+    in.body_len = strlen(vec_body);
+    in.timestamp = ts;
+    cms_signature_init(sig);
+    cms_error_clear(err);
+    return cms_sign_apig(&in, sig, err);
+}
+
+static void test_apig_vector(void)
+{
+    cms_kv v4[] = {KV("Host", "10.22.26.181:28080"),
+                   KV("Content-Type", "application/json;charset=UTF-8")};
+    cms_kv extra[] = {KV("host", "h"), KV("x-a", " 1 "), KV("x-a-b", "2"), KV("X-Sdk-Date", "x")};
+    const char *stamps[] = {"20241031T140652Z", "2024-10-31T14:06:52Z"};
+    cms_signature sig;
+    cms_error err;
+    char date[CMS_SDK_DATE_SIZE];
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        ok(sign_apig_vector(v4, 2, "/rest/cmsapp/v1/ping", stamps[i], &sig, &err) == 0,
+           "cms_sign_apig succeeds on V4");
+        ok_str(sig.authorization.data,
+               "SDK-HMAC-SHA256 Access=globalaktest, SignedHeaders=content-type;host;x-sdk-date, "
+               "Signature=c34e6acee3d185e6c72e77d72331e863ad694280734904f68daaeb3046125adb",
+               i ? "V4 authorization (timestamp in the auth-v2 form)" : "V4 authorization");
+        ok_str(sig.canonical_request.data,
+               "POST\n/rest/cmsapp/v1/ping/\n\ncontent-type:application/json;charset=UTF-8\n"
+               "host:10.22.26.181:28080\nx-sdk-date:20241031T140652Z\n\n"
+               "content-type;host;x-sdk-date\n"
+               "9a02a6785649cc14afb95999a3ddbb7bed2370840b9bca6d403c0b8dbf1d40a9",
+               "V4 canonical request (path ends in '/', empty query line, values as sent)");
+        ok_str(sig.string_to_sign.data,
+               "SDK-HMAC-SHA256\n20241031T140652Z\n"
+               "5a2899caf872bbfa54f09ca2b35f8f6c60fd803621d00b317ae68e46b5db1bc6",
+               "V4 string to sign");
+        ok(sig.signing_key[0] == '\0', "V4: no derived signing key");
+        cms_signature_free(&sig);
+    }
+    ok(sign_apig_vector(extra, 3, "/rest/a%41b/c!d", "20241031T140652Z", &sig, &err) == 0,
+       "apig signs extra headers");
+    ok(strstr(sig.canonical_request.data, "\n/rest/aAb/c%21d/\n") != NULL,
+       "apig path: %XX decoded, each segment encoded again");
+    ok(strstr(sig.canonical_request.data, "host:h\nx-a:1\nx-a-b:2\nx-sdk-date:") != NULL,
+       "apig headers: sorted by name (x-a before x-a-b), values trimmed");
+    ok_str(sig.signed_headers.data, "host;x-a;x-a-b;x-sdk-date", "apig signed headers");
+    cms_signature_free(&sig);
+    ok(sign_apig_vector(extra, 4, "/p", "20241031T140652Z", &sig, &err) != 0 &&
+       strstr(err.message, "x-sdk-date") != NULL, "apig: x-sdk-date comes from the timestamp");
+    cms_signature_free(&sig);
+    ok(sign_apig_vector(extra + 1, 1, "/p", "20241031T140652Z", &sig, &err) != 0 &&
+       strstr(err.message, "host") != NULL, "apig: host must be signed");
+    cms_signature_free(&sig);
+    ok(sign_apig_vector(v4, 2, "/p", "20241331T140652Z", &sig, &err) != 0 &&
+       strcmp(err.field, "timestamp") == 0, "apig: a month 13 is refused");
+    cms_signature_free(&sig);
+    ok(cms_sdk_date("2024-02-29T23:59:59Z", date) == 0 && strcmp(date, "20240229T235959Z") == 0,
+       "X-Sdk-Date from the auth-v2 form");
+    ok(cms_sdk_date("2024-10-31 14:06:52", date) != 0 && cms_sdk_date("", date) != 0 &&
+       cms_sdk_date("20241031T140652", date) != 0, "X-Sdk-Date: other forms refused");
+    ok(cms_sdk_date_now(date) == 0 && strlen(date) == 16 && date[8] == 'T' && date[15] == 'Z',
+       "X-Sdk-Date now");
+}
+
+static void test_gateway_headers(void)
+{
+    cms_headers h;
+
+    ok(cms_header_problem("X-TenantSpaceID", 15, "abc def", 7) == NULL, "a plain header is fine");
+    ok(cms_header_problem("X Tenant", 8, "a", 1) != NULL, "a space in a name is refused");
+    ok(cms_header_problem("", 0, "a", 1) != NULL, "an empty name is refused");
+    ok(cms_header_problem("hOsT", 4, "a", 1) != NULL, "Host, in any case, is refused");
+    ok(cms_header_problem("X-SDK-DATE", 10, "a", 1) != NULL, "X-Sdk-Date is refused");
+    ok(cms_header_problem("Content-Length", 14, "1", 1) != NULL, "Content-Length is refused");
+    ok(cms_header_problem("X-A", 3, "a\r\nX-B: b", 9) != NULL, "CR LF in a value is refused");
+    ok(cms_header_problem("X-A", 3, "a\tb", 3) != NULL, "TAB in a value is refused");
+    ok(cms_header_problem("X-A", 3, "caf\xc3\xa9", 5) == NULL, "UTF-8 in a value is fine");
+    cms_headers_init(&h);
+    ok(cms_headers_add(&h, "X-A", 3, "1", 1) == 0 && cms_headers_add(&h, "X-B", 3, "2", 1) == 0,
+       "headers added");
+    ok(cms_headers_find(&h, "x-b", 3) == 1 && cms_headers_find(&h, "x-c", 3) == -1,
+       "headers found in any case");
+    cms_headers_free(&h);
+    ok(h.n == 0 && h.kv == NULL, "headers freed");
+}
+
+static void test_gateway_resolve(void)
+{
+    ok(cms_resolve_problem("cms.example.test:443:10.0.0.1") == NULL, "resolve: IPv4");
+    ok(cms_resolve_problem("cms.example.test:28443:[::1],127.0.0.1") == NULL,
+       "resolve: IPv6 in brackets, two addresses");
+    ok(cms_resolve_problem("cms.example.test:443") != NULL, "resolve: no address");
+    ok(cms_resolve_problem(":443:10.0.0.1") != NULL, "resolve: no name");
+    ok(cms_resolve_problem("cms:0:10.0.0.1") != NULL, "resolve: port 0");
+    ok(cms_resolve_problem("cms:65536:10.0.0.1") != NULL, "resolve: port 65536");
+    ok(cms_resolve_problem("cms:x:10.0.0.1") != NULL, "resolve: port not a number");
+    ok(cms_resolve_problem("cms:443:10.0.0.300") != NULL, "resolve: a bad IPv4");
+    ok(cms_resolve_problem("cms:443:::1") != NULL, "resolve: IPv6 without brackets");
+    ok(cms_resolve_problem("cms:443:10.0.0.1,") != NULL, "resolve: an empty address");
+    ok(cms_resolve_problem("c ms:443:10.0.0.1") != NULL, "resolve: a space in the name");
+}
+
+static void test_gateway_token(void)
+{
+    cms_token t;
+    char *url;
+    unsigned gen;
+    cms_error e;
+
+    cms_token_init(&t);
+    ok(!cms_token_usable(&t, 1.0), "no token: not usable");
+    ok(cms_token_store(&t, "abc", 3, 0) == 0 && t.gen == 1, "token stored");
+    ok(cms_token_usable(&t, 1e9), "a token without a lifetime is used until refused");
+    gen = t.gen;
+    cms_token_wipe(&t);
+    ok(!t.value && t.len == 0 && t.gen == gen && !cms_token_usable(&t, 1.0),
+       "wiped: gone, its generation kept");
+    cms_token_wipe(&t);
+    ok(cms_token_expiry(100, 3600) == 100 + 3600 - 60, "3600 s: used until 60 s before");
+    ok(cms_token_expiry(100, 30) == 100 + 27, "30 s: used until 10% before");
+    ok(cms_token_expiry(100, 0) == 0 && cms_token_expiry(100, -5) == 0, "no lifetime: 0");
+    ok(cms_token_store(&t, "tok", 3, 50) == 0 && cms_token_usable(&t, 49.9) &&
+       !cms_token_usable(&t, 50), "expired at its time");
+    cms_token_wipe(&t);
+    ok(cms_token_value_ok("eyJ.abc-_~", 10) && !cms_token_value_ok("a b", 3) &&
+       !cms_token_value_ok("", 0) && !cms_token_value_ok("a\nb", 3), "token characters");
+    url = cms_token_url_default("https://10.22.26.181:28443/cms");
+    ok_str(url, "https://10.22.26.181:443/apigovernance/api/oauth/tokenByAkSk",
+           "default token URL: the base URL's host on 443");
+    free(url);
+    url = cms_token_url_default("https://[::1]:28443");
+    ok_str(url, "https://[::1]:443/apigovernance/api/oauth/tokenByAkSk", "default token URL, IPv6");
+    free(url);
+    cms_error_clear(&e);
+    cms_error_set(&e, CMS_E_AUTH, "token secret-token-123 refused, again secret-token-123.");
+    cms_strlcpy(e.result_desc, "secret-token-123", sizeof e.result_desc);
+    cms_error_scrub(&e, "secret-token-123", 16);
+    ok_str(e.message, "token *** refused, again ***.", "a secret scrubbed from a message");
+    ok_str(e.result_desc, "***", "and from result_desc");
+    cms_error_scrub(&e, "short", 5);
+    ok(strstr(e.message, "token") != NULL, "short strings are left alone");
+}
+
+static void test_token_refused(void)
+{
+    cms_response r;
+    cms_error e;
+
+    cms_response_init(&r);
+    r.status = 401;
+    cms_buf_append_str(&r.body, "not json");
+    cms_error_clear(&e);
+    cms_token_refused(&r, "https://gw/t", NULL, NULL, &e);
+    ok(e.kind == CMS_E_AUTH && e.status == 401 && strstr(e.message, "https://gw/t") != NULL,
+       "token endpoint 401: kind auth, naming the endpoint");
+    r.status = 503;
+    r.retry_after = 3;
+    cms_error_clear(&e);
+    cms_token_refused(&r, "https://gw/t", NULL, NULL, &e);
+    ok(e.kind == CMS_E_HTTP && e.retryable && e.retry_after == 3, "token endpoint 503: http, retryable");
+    r.status = 200;
+    cms_error_clear(&e);
+    cms_token_refused(&r, "https://gw/t", NULL, NULL, &e);
+    ok(e.kind == CMS_E_AUTH && strstr(e.message, "without an AccessToken") != NULL,
+       "token endpoint 200 without a token: kind auth");
+    cms_response_free(&r);
+}
+
 int main(void)
 {
     test_vectors();
@@ -723,6 +916,11 @@ int main(void)
     test_secret();
     test_trace();
     test_tls_alert();
+    test_apig_vector();
+    test_gateway_headers();
+    test_gateway_resolve();
+    test_gateway_token();
+    test_token_refused();
     printf("1..%d\n", count);
     return failed ? 1 : 0;
 }
