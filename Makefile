@@ -3,6 +3,8 @@
 #   make check   install missing packages, build, run every test (ends with "N passed, N failed")
 #   make asan    the busted specs against an AddressSanitizer build (part of check)
 #   make matrix  build for every Lua and run the busted specs under each (part of check)
+#   make fuzz    build the libFuzzer harnesses (fuzz/) and run each for FUZZ_SECONDS (default 60)
+#   make valgrind  a subset of the specs under valgrind memcheck (part of check)
 #   make LUA=5.1|5.2|5.3|5.4|luajit   build build/<LUA>/cmsrec.so for that Lua (default 5.4)
 
 LUAS       := 5.1 5.2 5.3 5.4 luajit
@@ -34,16 +36,25 @@ ASAN_FLAGS  = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-s
 # The sanitizer build also takes the named-temporary-file path of cms_sink.c,
 # so the specs cover both it and O_TMPFILE (used by the normal build).
 ASAN_MODULE_FLAGS = $(ASAN_FLAGS) -DCMS_NO_O_TMPFILE
+# libFuzzer harnesses (fuzz/): clang, the whole core instrumented.
+FUZZ_CC     = clang
+FUZZ_FLAGS  = -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
+              -fno-sanitize-recover=undefined
+FUZZERS     = $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 60
 
 # Debian packages the build, the tests and the demo need.
 # Every Lua of the matrix (luajit2 is OpenResty's LuaJIT, the one the nginx
 # Lua module is built with), and nginx with that module for the OpenResty tests.
+# clang and libclang-rt-14-dev (libFuzzer's runtime) for the fuzz harnesses,
+# llvm-14 for llvm-symbolizer (readable stacks), valgrind for memcheck.
 DEB_PACKAGES = make gcc pkg-config lua-cjson libcurl4-openssl-dev libssl-dev libzip-dev \
                luarocks lua-busted lua-socket python3 python3-yaml openssl ca-certificates curl \
                lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
-               lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua
+               lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua \
+               clang libclang-rt-14-dev llvm-14 valgrind
 
-.PHONY: all deps build demo check test asan matrix bench clean
+.PHONY: all deps build demo check test asan matrix bench fuzz fuzz-build valgrind clean
 
 all: build
 
@@ -72,6 +83,10 @@ build/unit_core: test/unit_core.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p build
 	$(CC) $(ASAN_FLAGS) $(WARN) -std=gnu99 $(DEPCFLAGS) -o $@ test/unit_core.c $(CORE_SRC) $(DEPLIBS)
 
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -std=gnu99 $(DEPCFLAGS) -o $@ $< $(CORE_SRC) $(DEPLIBS)
+
 # Sub-makes: pkg-config flags must be read after deps installed the packages.
 demo: deps
 	@$(MAKE) --no-print-directory build
@@ -80,6 +95,7 @@ demo: deps
 check: deps
 	@$(MAKE) --no-print-directory LUA=5.4 build/asan/cmsrec.so build/unit_core
 	@for v in $(LUAS); do $(MAKE) --no-print-directory LUA=$$v build || exit 1; done
+	@$(MAKE) --no-print-directory fuzz-build
 	@sh test/run-tests.sh
 
 matrix: deps
@@ -89,6 +105,18 @@ matrix: deps
 asan: deps
 	@$(MAKE) --no-print-directory LUA=5.4 build/asan/cmsrec.so
 	@SUITES=asan sh test/run-tests.sh
+
+fuzz-build: $(FUZZERS:%=build/fuzz/fuzz_%)
+
+# Each harness for FUZZ_SECONDS, from the seeds in fuzz/corpus/NAME; what it
+# adds goes to build/fuzz/corpus-NAME, a crashing input to build/fuzz/NAME-crash-*.
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh $(FUZZERS)
+
+valgrind: deps
+	@$(MAKE) --no-print-directory LUA=5.4 build
+	@SUITES=valgrind sh test/run-tests.sh
 
 # cmsrec side by side with curl, LuaSocket + LuaSec and Python against nginx
 # on loopback (bench/bench.sh); figures are recorded in BENCHMARKS.md. What

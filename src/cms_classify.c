@@ -5,7 +5,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "cms_request.h" /* cms_utf8_valid */
 #include "cms_text.h"
 
 /* Offset of the first byte after a UTF-8 BOM and whitespace. */
@@ -46,19 +45,35 @@ int cms_sniff_ready(const unsigned char *p, size_t n)
     return n >= CMS_SNIFF_BYTES || p[i] == '{' || p[i] == '<' || p[i] == '[';
 }
 
+/* n, or where a UTF-8 character cut short at the end of s[0..n) starts.
+   Only that: a byte that is no UTF-8 elsewhere stays (shown as '?'). */
+static size_t whole_chars(const char *s, size_t n)
+{
+    size_t lead = n, need;
+    unsigned char c;
+
+    while (lead > 0 && n - lead < 3 && ((unsigned char)s[lead - 1] & 0xC0) == 0x80)
+        lead--;
+    if (lead == 0)
+        return n;
+    c = (unsigned char)s[lead - 1]; /* the bytes a character led by c takes */
+    need = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
+    return need > n - (lead - 1) ? lead - 1 : n;
+}
+
 void cms_excerpt(const char *p, size_t n, char *out, size_t cap)
 {
-    size_t start = skip_blank((const unsigned char *)p, n), i, keep, bad;
+    size_t start, i, keep, bad;
 
+    if (!p) /* no body came: its buffer was never allocated (NULL + 0 is UB) */
+        p = "", n = 0;
+    start = skip_blank((const unsigned char *)p, n);
     p += start;
     n -= start;
     for (i = 0; i < n && i + 1 < cap && p[i] != '\r' && p[i] != '\n'; i++)
         out[i] = p[i] ? p[i] : '?';
-    /* a cut may leave half a UTF-8 sequence (at most 3 bytes): drop it */
-    for (keep = i; keep > 0 && i - keep < 4 && !cms_utf8_valid(out, keep); keep--)
-        ;
-    if (!cms_utf8_valid(out, keep))
-        keep = i; /* invalid elsewhere too (GBK, Latin-1): cleaned below */
+    /* a cut (ours, or the body's) may leave half a character: drop it */
+    keep = whole_chars(out, i);
     out[keep] = '\0';
     bad = cms_text_clean(out); /* C0, DEL, C1 controls and invalid bytes as '?' */
     if (bad * 4 > keep || (keep == 0 && i > 0))

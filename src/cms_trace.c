@@ -31,7 +31,7 @@ void cms_trace_redact_auth(const char *v, size_t n, char *out, size_t cap)
 {
     static const char sig[] = "Signature=";
     const char *end = v + n, *cut = NULL, *p;
-    char kept[LINE_MAX_SHOWN];
+    char kept[LINE_MAX_SHOWN], whole[LINE_MAX_SHOWN + sizeof "<redacted>"];
 
     if (n >= 8 && memcmp(v, "auth-v2/", 8) == 0) { /* auth-v2/AK/time/headers/sig */
         for (p = v; p < end; p++)
@@ -47,7 +47,8 @@ void cms_trace_redact_auth(const char *v, size_t n, char *out, size_t cap)
                     cut = p + 1;
     }
     shown(v, cut ? (size_t)(cut - v) : 0, kept, sizeof kept);
-    snprintf(out, cap, "%s<redacted>", kept); /* kept ends with '/', ' ' or '=' */
+    snprintf(whole, sizeof whole, "%s<redacted>", kept); /* kept ends with '/', ' ' or '=' */
+    cms_strlcpy(out, whole, cap); /* a cut on a whole UTF-8 character */
 }
 
 /* A header whose value is a credential (a token, a session): the name's

@@ -83,10 +83,31 @@ static const char *check(const parts *p, int allow_http)
                    : "must start with https://";
     if (p->query || p->fragment || p->user)
         return "must not contain credentials, a query or a fragment";
+    /* libcurl connects to a non-ASCII name's IDN form: the Host header and
+       the signed host would not name the host reached */
+    if (!cms_url_path_clean(p->host))
+        return "has a host name that is not ASCII (write an internationalised "
+               "name in its xn-- form)";
     if (p->path && !cms_url_path_clean(p->path))
         return "has a path with characters that would be escaped when sent "
                "(spaces, control or non-ASCII characters)";
     return NULL;
+}
+
+/* 1 when libcurl, given the URL to send, reads the host and path that are
+   signed: %XX in a host is decoded once by split() and would be again. */
+static int reads_back(const cms_url *out, const parts *p)
+{
+    parts q;
+    int same;
+
+    if (split(out->url, &q) != 0)
+        return 0;
+    same = q.host && strcmp(q.host, p->host) == 0 && !q.port == !p->port &&
+           (!q.port || strcmp(q.port, p->port) == 0) && q.path &&
+           strcmp(q.path, out->path) == 0;
+    parts_free(&q);
+    return same;
 }
 
 const char *cms_url_resolve(const char *base_url, const char *path, int allow_http,
@@ -111,6 +132,10 @@ const char *cms_url_resolve(const char *base_url, const char *path, int allow_ht
         if (!out->url || !out->host || !out->path) {
             cms_url_free(out);
             problem = "cannot be parsed (out of memory)";
+        } else if (!reads_back(out, &p)) {
+            cms_url_free(out);
+            problem = "has a host that reads differently once written back "
+                      "(a %-escape in the host name?)";
         }
     }
     free(scheme_host);

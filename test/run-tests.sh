@@ -7,13 +7,17 @@
 #   busted-V  the same under Lua V (5.1 5.2 5.3 5.4 luajit) against build/V/cmsrec.so
 #   asan      the same specs against build/asan/cmsrec.so under AddressSanitizer
 #   leak      LeakSanitizer: leaked bytes must not grow with the workload
+#   fuzz      each libFuzzer harness (build/fuzz, make fuzz-build) on its seed
+#             corpus and a short run of mutations: one ok per harness
+#   valgrind  a subset of the specs under valgrind memcheck, build/5.4/cmsrec.so
+#   rss       a long loop of downloads and errors in one process: RSS must not grow
 #   luarocks  `luarocks make --deps-mode=none` into scratch trees (5.1, 5.4,
 #             LuaJIT), then a download and the installed command with each
 #   nginx     OpenResty examples in a real nginx in front of the mock CMS
 # Each suite prints TAP; a suite that dies without reporting counts as one failure.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-SUITES=${SUITES:-"unit busted busted-5.1 busted-5.2 busted-5.3 busted-luajit asan leak luarocks nginx"}
+SUITES=${SUITES:-"unit busted busted-5.1 busted-5.2 busted-5.3 busted-luajit asan leak fuzz valgrind rss luarocks nginx"}
 # The interpreter of the busted and asan suites (the Makefile's LUA is a version).
 LUA=${CMSREC_LUA:-lua5.4}
 log=$(mktemp -d /tmp/cmsrec-tests.XXXXXX)
@@ -62,6 +66,9 @@ for suite in $SUITES; do
             ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
             busted --lua="$LUA" -o TAP spec/ ;;
     leak) run_suite leak sh test/leak-check.sh ;;
+    fuzz) run_suite fuzz sh fuzz/run.sh --smoke ;;
+    valgrind) run_suite valgrind sh test/valgrind-check.sh ;;
+    rss) run_suite rss sh test/rss-check.sh ;;
     luarocks) run_suite luarocks sh test/luarocks-install.sh ;;
     nginx) run_suite nginx sh test/nginx-check.sh ;;
     *) echo "unknown suite '$suite'"; failed=$((failed + 1)) ;;

@@ -352,6 +352,20 @@ static void test_url(void)
     ok(cms_url_resolve("https://user:pw@h", "/p", 0, &u) != NULL, "credentials are refused");
     ok(cms_url_resolve("https://h/caf\xC3\xA9", "/p", 0, &u) != NULL,
        "a non-ASCII path prefix is refused (it would be escaped on the wire)");
+    /* found by fuzz/fuzz_url: a host that is not ASCII went into the Host
+       header and the signature as raw bytes (libcurl connects to its IDN form) */
+    ok(cms_url_resolve("https://h\xC3\xA9.example:8443", "/p", 0, &u) != NULL && !u.host,
+       "a non-ASCII host name is refused (the Host header would not be what is sent)");
+    ok(cms_url_resolve("https:///10.226.\xB1/gw", "/p", 0, &u) != NULL && !u.host,
+       "a host with a byte that is not UTF-8 is refused");
+    /* found by fuzz/fuzz_url: libcurl decodes %XX in a host name, so the URL
+       sent named "%41" as the Host header and libcurl connected to "A" */
+    ok(cms_url_resolve("https://%2541.example", "/p", 0, &u) != NULL && !u.host,
+       "a percent-encoded host name is refused (Host would differ from the host reached)");
+    ok(cms_url_resolve("https://0%31:8443", "/p", 0, &u) != NULL && !u.host,
+       "a host that libcurl reads as another once decoded is refused (01 is 0.0.0.1)");
+    resolve("https://%41.example", 0, "https://A.example/rest/x", "A.example", "/rest/x",
+            "a host escaped once is sent, and signed, as decoded");
     ok(cms_url_path_clean("/rest/cmsapp/v1") && !cms_url_path_clean("/a b") &&
            !cms_url_path_clean("/a?b") && !cms_url_path_clean("/\xC3\xA9"),
        "path cleanliness");
@@ -384,6 +398,31 @@ static void test_excerpt(void)
     ok_str(out, "bad ?31m", "excerpt masks C1 controls (U+009B is the terminal's CSI)");
     cms_excerpt("\xB4\xED" " GBK text", 11, out, sizeof out);
     ok_str(out, "?? GBK text", "excerpt shows text with a few bytes not UTF-8");
+    /* found by fuzz/fuzz_trace: a byte not UTF-8 among the last four made
+       the excerpt drop them all, as if the text had been cut there */
+    cms_excerpt("abcdef\xFF@cd", 10, out, sizeof out);
+    ok_str(out, "abcdef?@cd", "excerpt keeps the end of a text it did not cut");
+    cms_excerpt("abcdefghijklm\xE4\xB8", 15, out, sizeof out);
+    ok_str(out, "abcdefghijklm", "excerpt drops a character cut short at the end");
+}
+
+/* Found by fuzz/fuzz_classify: an answer with no body at all (HTTP 304, a
+   503 without one) leaves the body buffer NULL; the excerpt of it offset
+   that NULL pointer (undefined behaviour, clang's UBSan stops there). */
+static void test_empty_answer(void)
+{
+    cms_response r;
+    cms_error e;
+    char out[16] = "x";
+
+    cms_excerpt(NULL, 0, out, sizeof out);
+    ok_str(out, "", "the excerpt of no body at all is empty");
+    cms_response_init(&r);
+    r.status = 503;
+    cms_error_clear(&e);
+    ok(cms_classify_answer(&r, NULL, NULL, &e) == -1 && e.kind == CMS_E_HTTP && e.retryable,
+       "a 503 without a body is a retryable http error");
+    ok_str(e.message, "the CMS answered HTTP 503", "its message has no excerpt");
 }
 
 static void test_text(void)
@@ -638,6 +677,25 @@ static void test_trace(void)
     ok_str(out, "cmsrec[1a2b] * Uses proxy env variable https_proxy == 'http://<redacted>@proxy:3128'\n"
            "cmsrec[1a2b] * Connected to 127.0.0.1 (127.0.0.1) port 28080 (#0)\n",
            "trace: libcurl's notes, a proxy URL's credentials redacted");
+    {
+        /* found by fuzz/fuzz_trace: a note was cut to its shown length before
+           the credentials were redacted, so a URL whose '@' came after the cut
+           showed the start of its password */
+        char note[400];
+        const char *cut[] = {note};
+        snprintf(note, sizeof note, "Uses proxy env variable https_proxy == "
+                 "'http://%0180d:s3cretpassw0rd-longer-than-the-line@proxy:3128'\n", 7);
+        trace_of(cut, 1, CURLINFO_TEXT, out, sizeof out);
+        ok(*out && !strstr(out, "s3cret"),
+           "trace: a URL cut by the line length shows no part of its password");
+        snprintf(note, sizeof note, "%0300d http://bob:pr0xy-pw@proxy:3128 and more\n", 7);
+        trace_of(cut, 1, CURLINFO_TEXT, out, sizeof out);
+        ok(strlen(out) < 260 && !strstr(out, "pr0xy-pw") && !strstr(out, "http://"),
+           "trace: a URL past the line length is not shown at all");
+        snprintf(note, sizeof note, "Uses proxy 'http://bob:pr0xy-pw\xFF@p'\n");
+        trace_of(cut, 1, CURLINFO_TEXT, out, sizeof out);
+        ok(*out && !strstr(out, "pr0xy-pw"), "trace: a password before a byte not UTF-8 is redacted");
+    }
     trace_of(body, 1, CURLINFO_DATA_IN, out, sizeof out);
     ok_str(out, "", "trace: answer bodies never as they come");
     trace_of(body, 1, CURLINFO_SSL_DATA_IN, out, sizeof out);
@@ -686,6 +744,10 @@ static void test_trace(void)
     ok_str(red, "Bearer <redacted>", "trace: another scheme keeps its first word");
     cms_trace_redact_auth("opaque-token", 12, red, sizeof red);
     ok_str(red, "<redacted>", "trace: a bare value is redacted whole");
+    /* found by fuzz/fuzz_trace: a value longer than the buffer was cut
+       inside a UTF-8 character (a header line is 240 bytes) */
+    cms_trace_redact_auth("auth-v2/\xC3\xA9\xC3\xA9\xC3\xA9/t/h/sig", 22, red, 14);
+    ok_str(red, "auth-v2/\xC3\xA9\xC3\xA9", "trace: a value cut to its buffer ends on a whole character");
 
     cms_response_init(&r);
     r.status = 200;
@@ -1027,6 +1089,7 @@ int main(void)
     test_mem_sink();
     test_url();
     test_excerpt();
+    test_empty_answer();
     test_text();
     test_retry_policy();
     test_rate();
