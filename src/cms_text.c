@@ -146,7 +146,8 @@ static size_t authority_userinfo(const char *in, size_t n, size_t a, int cut)
 {
     size_t e = a, at = a, i;
 
-    while (e < n && !blank(in[e]))
+    /* a tab does not end it: a password quoted as given may hold one */
+    while (e < n && (in[e] == '\t' || !blank(in[e])))
         e++;
     for (i = a; i < e; i++)
         if (in[i] == '@')
