@@ -51,6 +51,7 @@
 #define CMSREC_PATH_MAX 2048       /* bytes of the path sent, base_url's and `path` */
 #define CMSREC_TOKEN_ANSWER_MAX (64 * 1024) /* a token answer is a few hundred bytes */
 #define CMSREC_HEADER_LINE_MAX 8192 /* "Authorization: Bearer " and a CMS_TOKEN_MAX token fit */
+#define CMSREC_HOST_LINE_MAX 1024
 #define CLIENT_MT "cmsrec.client"
 #define ERROR_MT "cmsrec.error"
 #define SCRATCH_MT "cmsrec.scratch"
@@ -1159,7 +1160,8 @@ static int add_line(struct curl_slist **list, const char *name, const char *valu
     struct curl_slist *l;
     char *line;
 
-    if (n > CMSREC_HEADER_LINE_MAX)
+    /* a Host that long is no DNS name: refused before any lookup */
+    if (n > (strcmp(name, "Host") == 0 ? CMSREC_HOST_LINE_MAX : CMSREC_HEADER_LINE_MAX))
         return cms_error_field(err, option, "the %s header is too long (from '%s')", name,
                                option);
     if (!(line = malloc(n)))

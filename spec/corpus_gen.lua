@@ -1224,7 +1224,7 @@ local function auth_fn(r, ctx)
   elseif b == "ctl" then f = function(...) return "\1" .. good(...) end
   elseif b == "del" then f = function(...) return good(...) .. "\127" end
   elseif b == "huge" then f = function() return MB end
-  elseif b == "long" then f = function(...) return good(...) .. (" x"):rep(600) end
+  elseif b == "long" then f = function(...) return good(...) .. (" x"):rep(4200) end -- past 8 KB
   elseif b == "raise" then f = function() error("corpus: authorization raises") end
   elseif b == "raise-table" then f = function() error({}) end
   elseif b == "yield" then f = function() coroutine.yield("x") end
