@@ -1,6 +1,7 @@
 /* cms_text: valid, printable UTF-8 from server text (see cms_text.h). */
 #include "cms_text.h"
 
+#include <ctype.h>
 #include <string.h>
 
 size_t cms_utf8_char(const char *str, size_t n, unsigned long *cp)
@@ -139,16 +140,43 @@ static int before_userinfo(const char *in, size_t k)
     return blank(c) || c == '/' || c == '@';
 }
 
+/* The quote that opens a quoted text just before `s` (at the start, or
+   after a blank or '='), or 0. */
+static char opening_quote(const char *in, size_t s)
+{
+    char c = s > 0 ? in[s - 1] : 0;
+
+    if (c != '\'' && c != '"')
+        return 0;
+    return s == 1 || blank(in[s - 2]) || in[s - 2] == '=' ? c : 0;
+}
+
+/* Where the text quoted by `q` that goes on at `i` ends: the `q` followed
+   by the end, a blank or punctuation, else the end of the line. */
+static size_t closing_quote(const char *in, size_t n, size_t i, char q)
+{
+    for (; i < n && in[i] != '\r' && in[i] != '\n'; i++)
+        if (in[i] == q && (i + 1 == n || blank(in[i + 1]) || strchr(",.;:)]", in[i + 1])))
+            break;
+    return i;
+}
+
 /* Where the userinfo of the "scheme://" ending at `a` ends (its last '@'
-   before a blank, so a raw '@' or quote in the password is covered), or
-   `a` when there is none. */
+   before a blank, so a raw '@' or quote in the password is covered; in a
+   quoted URL, before the closing quote, so a blank is too), or `a` when
+   there is none. */
 static size_t authority_userinfo(const char *in, size_t n, size_t a, int cut)
 {
-    size_t e = a, at = a, i;
+    size_t e = a, at = a, i, s = a - 3;
+    char q;
 
-    /* a tab does not end it: a password quoted as given may hold one */
-    while (e < n && (in[e] == '\t' || !blank(in[e])))
-        e++;
+    while (s > 0 && (isalnum((unsigned char)in[s - 1]) || strchr("+.-", in[s - 1])))
+        s--; /* the scheme's start */
+    if ((q = opening_quote(in, s)) != 0)
+        e = closing_quote(in, n, a, q);
+    else /* a tab does not end it: a password given with one may be quoted raw */
+        while (e < n && (in[e] == '\t' || !blank(in[e])))
+            e++;
     for (i = a; i < e; i++)
         if (in[i] == '@')
             at = i;
@@ -158,6 +186,18 @@ static size_t authority_userinfo(const char *in, size_t n, size_t a, int cut)
         !memchr(in + a, '/', e - a))
         at = n;
     return at;
+}
+
+/* `k`, or the start of the quoted text (opened at or after `from`, not
+   closed before the '@' at `i`) that k lies in. */
+static size_t quoted_from(const char *in, size_t from, size_t k, size_t i)
+{
+    size_t j;
+
+    for (j = k - 1; j > from; j--) /* in[j - 1] a quote, j > from >= 0 */
+        if (opening_quote(in, j) && !memchr(in + j, in[j - 1], i - j))
+            return j;
+    return k;
 }
 
 size_t cms_redact_userinfo(const char *in, size_t n, int cut, char *out, size_t cap)
@@ -180,6 +220,8 @@ size_t cms_redact_userinfo(const char *in, size_t n, int cut, char *out, size_t 
         } else if (in[i] == '@') { /* "user:pw@host" without a scheme */
             for (k = i; k > from && !before_userinfo(in, k - 1); k--)
                 ;
+            if (k > from && blank(in[k - 1])) /* quoted, a blank is in the password */
+                k = quoted_from(in, from, k, i);
             emit(out, cap, &o, in + from, k - from);
             if (k < i)
                 emit(out, cap, &o, mark, sizeof mark - 1);

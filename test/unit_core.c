@@ -735,6 +735,16 @@ static void test_trace(void)
     ok_str(red, "'http://proxy:3128' <redacted>@", "redact: a URL without userinfo kept");
     REDACT("for 'socks9://u:secr", 0, sizeof red);
     ok_str(red, "for 'socks9://u:secr", "redact: uncut text keeps a URL without '@'");
+    /* found by fuzz/fuzz_trace: a blank ended the userinfo, so a password
+       with a space or tab in a quoted URL showed up to it (libcurl quotes
+       an unusable proxy URL in its error, and that becomes err.message) */
+    REDACT("syntax in 'http://user:my secret@proxy:3128' x@", 0, sizeof red);
+    ok_str(red, "syntax in 'http://<redacted>@proxy:3128' <redacted>@",
+           "redact: a quoted URL's password with a space");
+    REDACT("== 'user:a\tb c@proxy:3128'", 0, sizeof red);
+    ok_str(red, "== '<redacted>@proxy:3128'", "redact: a quoted schemeless one with blanks");
+    REDACT("in \"http://u:p q", 1, sizeof red);
+    ok_str(red, "in \"http://<redacted>", "redact: a cut quoted one with a space");
 #undef REDACT
 
     cms_trace_redact_auth(sdk, strlen(sdk), red, sizeof red);
