@@ -16,6 +16,7 @@
  * cannot be a coincidence.
  */
 #define _GNU_SOURCE /* open_memstream, memmem, strncasecmp */
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,15 +122,28 @@ static void header_secrets(const char *in, size_t n, const char *line, size_t k,
     }
 }
 
-/* The password of each scheme://user:password@host in a note. */
+/* 1 if the scheme:// at p is quoted (as libcurl quotes URLs in its notes):
+   a quote before the scheme, at the start or after a blank or '='. */
+static int quoted(const char *in, const char *p)
+{
+    const char *s = p;
+
+    while (s > in && (isalnum((unsigned char)s[-1]) || strchr("+.-", s[-1])))
+        s--;
+    return s > in && (s[-1] == '\'' || s[-1] == '"') &&
+           (s - 1 == in || strchr(" \t\r\n=", s[-2]));
+}
+
+/* The password of each scheme://user:password@host in a note: up to a
+   blank, or in a quoted URL (where blanks are the password's), a quote. */
 static void url_secrets(const char *in, size_t n, const char *out, size_t len)
 {
-    const char *p = in, *end = in + n, *auth_end, *at, *colon;
+    const char *p = in, *end = in + n, *auth_end, *at, *colon, *stop;
 
     while ((p = memmem(p, (size_t)(end - p), "://", 3)) != NULL) {
+        stop = quoted(in, p) ? "/'\"\r\n" : "/ \t'\"\r\n";
         p += 3;
-        for (auth_end = p; auth_end < end && !strchr("/ '\"\r\n", *auth_end) && *auth_end;
-             auth_end++)
+        for (auth_end = p; auth_end < end && !strchr(stop, *auth_end) && *auth_end; auth_end++)
             ;
         at = memchr(p, '@', (size_t)(auth_end - p));
         if (!at || memchr(at + 1, '@', (size_t)(auth_end - at - 1)))
