@@ -1116,6 +1116,22 @@ static int call_authorization(lua_State *L, int cl, client *c, scratch *s,
     return 0; /* the string stays on the stack until the download returns */
 }
 
+/* What both schemes sign: the request of `s` with the headers `h`. */
+static void sign_input(cms_sign_input *in, const client *c, const scratch *s,
+                       const cms_kv *h, size_t n)
+{
+    memset(in, 0, sizeof *in);
+    in->ak = c->ak;
+    in->sk = c->sk.data;
+    in->sk_len = c->sk.len;
+    in->method = "POST";
+    in->path = req_path(c, s);
+    in->headers = h;
+    in->nheaders = n;
+    in->body = s->body.data;
+    in->body_len = s->body.len;
+}
+
 static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
 {
     cms_kv h[3];
@@ -1133,16 +1149,7 @@ static int sign_request(client *c, scratch *s, const char *clen, cms_error *err)
 #undef ADD
     if (cms_timestamp_now(ts) != 0)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
-    memset(&in, 0, sizeof in);
-    in.ak = c->ak;
-    in.sk = c->sk.data;
-    in.sk_len = c->sk.len;
-    in.method = "POST";
-    in.path = req_path(c, s);
-    in.headers = h;
-    in.nheaders = n;
-    in.body = s->body.data;
-    in.body_len = s->body.len;
+    sign_input(&in, c, s, h, n);
     in.timestamp = ts;
     return cms_sign(&in, &s->sig, err);
 }
@@ -1290,16 +1297,7 @@ static int sign_apig(client *c, scratch *s, cms_error *err)
         h[n++] = c->extra.kv[i];
     if (cms_sdk_date_now(s->sdk_date) != 0)
         return cms_error_set(err, CMS_E_INVALID, "the system clock cannot be read");
-    memset(&in, 0, sizeof in);
-    in.ak = c->ak;
-    in.sk = c->sk.data;
-    in.sk_len = c->sk.len;
-    in.method = "POST";
-    in.path = req_path(c, s);
-    in.headers = h;
-    in.nheaders = n;
-    in.body = s->body.data;
-    in.body_len = s->body.len;
+    sign_input(&in, c, s, h, n);
     in.timestamp = s->sdk_date;
     return cms_sign_apig(&in, &s->sig, err);
 }

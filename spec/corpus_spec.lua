@@ -24,13 +24,7 @@ local DEFAULT_PATH = "/rest/cmsapp/v1/openapi/hisindex/downloadRecordFile"
 
 local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
 
-local function read_all(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_all = H.read_file
 
 local function list_names(t)
   local out = {}
