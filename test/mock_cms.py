@@ -1312,6 +1312,14 @@ class FaultPorts:
 # ---------------------------------------------------------------- end of fault suite modes
 
 
+def json_or_none(body):
+    """The JSON value of a request body, or None when it does not parse."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 class Handler(StrictChecks, FaultMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockCMS/1.0"
@@ -1600,10 +1608,7 @@ class Handler(StrictChecks, FaultMixin, BaseHTTPRequestHandler):
         body = self._gateway_body()
         if body is None:
             return None
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            obj = None
+        obj = json_or_none(body)
         with state.lock:
             state.token_requests += 1
             mode = state.token_mode
@@ -1625,10 +1630,7 @@ class Handler(StrictChecks, FaultMixin, BaseHTTPRequestHandler):
         body = self._gateway_body()
         if body is None:
             return None
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            obj = None
+        obj = json_or_none(body)
         err, canon = self._verify(body)
         state.record(self, body, None, err, canon)
         if err:
